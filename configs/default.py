@@ -1,0 +1,107 @@
+"""Base configuration: every hyperparameter of a run, with the CIFAR-10 recipe of He et al. 2015.
+
+Variant configs import this file and override a few keys. Run it as it is with
+
+  python -m resnet_jax.main --config=configs/default.py --workdir=runs/default
+
+which trains the 2015 paper's ResNet-20 (option A shortcuts) on CIFAR-10 for 64k steps and should
+reach about 8.75% test error (Table 6 of arXiv 1512.03385; our measured figures are in docs/results.md).
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0
+
+  # Model: the keyword arguments of resnet_jax.models.create_model.
+  config.model = ml_collections.ConfigDict()
+  config.model.family = 'cifar'
+  config.model.depth = 20
+  config.model.placement = 'original'
+  # None picks the family's default: A for CIFAR basic nets (2015), B for bottleneck and ImageNet nets.
+  config.model.shortcut = ml_collections.config_dict.placeholder(str)
+  config.model.num_classes = 10
+  config.model.width = 1.0
+  config.model.dtype = 'float32'
+  config.model.param_dtype = 'float32'
+  # None turns nn.scan on for deep nets only (see resnet_jax.models).
+  config.model.scan = ml_collections.config_dict.placeholder(bool)
+  config.model.remat = False
+  config.model.zero_init_last = False
+  config.model.stochastic_depth = 0.0
+  config.model.resnet_d = False
+  config.model.stride_in_3x3 = True  # ImageNet only: True is v1.5 (torchvision), False is v1 (the paper).
+
+  # Data: a tfds dataset read through tfds.data_source + grain, or 'digits' (scikit-learn, offline).
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'cifar10'
+  # None falls back to $TFDS_DATA_DIR, then to tfds's default (~/tensorflow_datasets).
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
+  config.data.image_size = 32
+  # 'cifar': pad 4, random crop, flip. 'inception': random-resized crop, flip. 'none'.
+  config.data.augment = 'cifar'
+  config.data.pad = 4
+  # Per-channel normalisation, in [0, 255] pixel units; CIFAR-10 training-set statistics.
+  config.data.mean = (125.31, 122.95, 113.87)
+  config.data.std = (62.99, 62.09, 66.70)
+  # Multiprocess loading through grain: 0 loads in the main process.
+  config.data.worker_count = 0
+  config.data.worker_buffer_size = 2
+  # Batches staged on the devices ahead of the step that consumes them.
+  config.data.prefetch_to_device = 2
+  # ImageNet eval: resize the shorter side to image_size / crop_fraction, then centre crop.
+  config.data.crop_fraction = 0.875
+
+  # Optimisation. batch_size is global: it is split over all devices of all processes.
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_train_steps = 64_000
+  # If > 0, num_epochs wins over num_train_steps.
+  config.num_epochs = 0.0
+  config.optimizer = 'momentum'  # 'momentum' or 'nesterov'
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.weight_decay = 1e-4
+  # 'l2' adds wd * |w|^2 / 2 to the loss gradient (the papers); 'decoupled' is AdamW-style.
+  config.weight_decay_type = 'l2'
+  # BN scales/biases and biases are not decayed (see resnet_jax.train.optim).
+  config.decay_bn_and_bias = False
+  config.lr_schedule = 'piecewise'  # 'piecewise', 'cosine' or 'constant'
+  # piecewise: multiply the lr by lr_decay_factor at each of these steps.
+  config.lr_boundaries = (32_000, 48_000)
+  config.lr_decay_factor = 0.1
+  # If True, learning_rate is multiplied by batch_size / 256 (Goyal et al. 2017).
+  config.scale_lr_by_batch = False
+  config.warmup_steps = 0
+  # 'linear' ramps from 0 to learning_rate; 'constant' holds warmup_lr (He et al. 2015, ResNet-110).
+  config.warmup_mode = 'linear'
+  config.warmup_lr = 0.01
+  config.label_smoothing = 0.0
+
+  # Bookkeeping, in steps.
+  config.log_every_steps = 100
+  config.eval_every_steps = 2_000
+  config.checkpoint_every_steps = 2_000
+  config.keep_checkpoints = 3
+  config.keep_best_checkpoint = True
+
+  # Parallelism over all devices of all processes.
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.backend = 'shard_map'  # 'shard_map' (jit + global arrays) or 'pmap'
+  # Sync BN batch statistics across devices (cross-replica BN); False keeps them per device.
+  config.parallel.sync_batch_stats = True
+
+  # Multi-host. 'auto' initialises jax.distributed when the environment says so (TPU pods,
+  # SLURM, or coordinator_address set); 'off' never does.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = 'auto'
+  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+
+  return config
