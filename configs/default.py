@@ -34,6 +34,9 @@ def get_config():
   config.model.stochastic_depth = 0.0
   config.model.resnet_d = False
   config.model.stride_in_3x3 = True  # ImageNet only: True is v1.5 (torchvision), False is v1 (the paper).
+  # Flax's BN momentum is the decay of the running averages (PyTorch's 0.1 is 1 - 0.9).
+  config.model.bn_momentum = 0.9
+  config.model.bn_epsilon = 1e-5
 
   # Data: a tfds dataset read through tfds.data_source + grain, or 'digits' (scikit-learn, offline).
   config.data = ml_collections.ConfigDict()

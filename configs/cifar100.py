@@ -1,0 +1,16 @@
+"""CIFAR-100, any network of the two ResNet papers, chosen by an argument string.
+
+  python -m resnet_jax.main --workdir=runs/c100_164 \
+      --config='configs/cifar100.py:depth=164,placement=full_preact'
+
+Takes the same arguments as configs/cifar10.py. The command above is Table 3 of Identity Mappings
+(pre-activation ResNet-164 on CIFAR-100): about 24.3% test error (median of 5 runs: 24.33%).
+"""
+
+from configs import cifar10
+
+
+def get_config(arg: str | None = None):
+  # CIFAR-100 training-set statistics, in pixel units.
+  return cifar10.cifar_config(arg, dataset='cifar100', num_classes=100,
+                              mean=(129.30, 124.07, 112.43), std=(68.17, 65.39, 70.42))

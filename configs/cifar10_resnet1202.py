@@ -1,0 +1,12 @@
+"""CIFAR-10 ResNet-1202, option A shortcuts, the recipe of He et al. 2015 (Sec. 4.2, Table 6).
+
+  python -m resnet_jax.main --config=configs/cifar10_resnet1202.py --workdir=runs/cifar10_resnet1202
+
+64k steps of batch 128. The paper reports 7.93% test error.
+"""
+
+from configs import cifar10
+
+
+def get_config():
+  return cifar10.get_config('depth=1202,placement=original,shortcut=A,recipe=2015')

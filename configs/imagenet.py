@@ -1,0 +1,49 @@
+"""ImageNet (imagenet2012), the large-batch recipe of Goyal et al. 2017 with a cosine schedule.
+
+  python -m resnet_jax.main --workdir=runs/in1k_r50 \
+      --config='configs/imagenet.py:depth=50,placement=original'
+
+Takes the model arguments of configs/cifar10.py. 90 epochs of global batch 1024, lr 0.1 x 1024/256
+with a 5-epoch linear warm-up then cosine decay, wd 1e-4 (not on BN or biases), bf16 compute,
+inception crop + flip, zero-initialised last BN scale. Needs imagenet2012 prepared as array_record
+(`tfds build imagenet2012 --file_format=array_record` with the manual download in place).
+"""
+
+from configs import cifar10, default
+
+NUM_TRAIN = 1_281_167
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.model.family = 'imagenet'
+  config.model.depth = 50
+  config.model.num_classes = 1000
+  config.model.dtype = 'bfloat16'
+  config.model.zero_init_last = True
+  cifar10.apply_model_args(config, cifar10.parse_arg(arg))
+
+  config.data.dataset = 'imagenet2012'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  config.data.image_size = 224
+  config.data.augment = 'inception'
+  config.data.mean = (123.675, 116.28, 103.53)
+  config.data.std = (58.395, 57.12, 57.375)
+  config.data.worker_count = 16
+
+  config.batch_size = 1024
+  config.eval_batch_size = 1000
+  config.num_epochs = 90.0
+  config.learning_rate = 0.1
+  config.scale_lr_by_batch = True
+  config.lr_schedule = 'cosine'
+  config.lr_boundaries = ()
+  config.warmup_steps = 5 * NUM_TRAIN // config.batch_size
+  config.warmup_mode = 'linear'
+  # Label smoothing is off in the papers; 0.1 is the common modern choice (Szegedy et al. 2016).
+  config.label_smoothing = 0.0
+  config.log_every_steps = 100
+  config.eval_every_steps = 5 * NUM_TRAIN // config.batch_size
+  config.checkpoint_every_steps = 2_500
+  return config

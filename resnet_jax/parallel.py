@@ -1,0 +1,162 @@
+"""Data parallelism over every device of every process.
+
+The train and eval steps are written once, with per-device semantics on the named axis `AXIS`:
+they see one device's slice of the global batch and reduce explicitly (`lax.pmean`, `lax.psum`).
+This module maps such a function over the devices with one of two interchangeable backends:
+
+* `shard_map` (default): `jax.jit(jax.shard_map(...))` over a 1-D `Mesh`. State lives as global
+  `jax.Array`s replicated over the mesh and batches as global arrays sharded along `AXIS`. This is
+  the form the JAX team recommends now that `pmap` is in maintenance mode.
+* `pmap`: `jax.pmap(..., axis_name=AXIS)`. State carries a leading axis of local devices.
+
+Checkpoints always hold the `shard_map` form (replicated global arrays), so either backend can
+resume the other's run.
+"""
+
+import collections
+import itertools
+import logging
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import flax.jax_utils
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'
+BACKENDS = ('shard_map', 'pmap')
+
+
+class ParallelError(ValueError):
+  """A data-parallel setting that cannot work, e.g. a batch that does not split over the devices."""
+
+
+def initialize_distributed(cfg) -> None:
+  """Starts `jax.distributed` when the config or the environment asks for it.
+
+  cfg is `config.distributed`. 'on' always initialises; 'auto' does when a coordinator address is
+  configured or the environment is a Cloud TPU pod or a SLURM job (which
+  `jax.distributed.initialize()` then configures by itself). It must run before anything touches
+  a device.
+  """
+  if cfg.initialize == 'off':
+    return
+  explicit = cfg.coordinator_address is not None
+  cluster_env = any(k in os.environ for k in ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                                              'SLURM_JOB_ID', 'JAX_COORDINATOR_ADDRESS'))
+  if cfg.initialize != 'on' and not (explicit or cluster_env):
+    return
+  if jax.config.jax_platforms in (None, '', 'cpu') and explicit:
+    # CPU processes need a collectives implementation to talk to each other (used by the tests).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
+                  process_id=cfg.process_id)
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def check_batch_size(name: str, global_batch: int, num_devices: int) -> int:
+  """Returns the per-device batch size, or raises ParallelError naming the key."""
+  if global_batch <= 0 or global_batch % num_devices:
+    raise ParallelError(
+        f'config.{name}={global_batch} does not divide over {num_devices} devices; the global '
+        f'batch must be a positive multiple of the device count (e.g. '
+        f'{max(1, global_batch // num_devices) * num_devices} or '
+        f'{(global_batch // num_devices + 1) * num_devices}).')
+  return global_batch // num_devices
+
+
+class DataParallel:
+  """Places state and batches on the devices and maps per-device functions over them."""
+
+  def __init__(self, backend: str = 'shard_map', devices=None):
+    if backend not in BACKENDS:
+      raise ParallelError(f'config.parallel.backend={backend!r} is not one of {BACKENDS}.')
+    self.backend = backend
+    devices = list(jax.devices() if devices is None else devices)
+    self.mesh = Mesh(np.array(devices), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(AXIS))
+    self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
+    # pmap's layout: a leading axis of local devices (what flax.jax_utils.replicate produces).
+    self._pmap_stacked = NamedSharding(Mesh(np.array(self.local_devices), ('local',)), P('local'))
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+  def map(self, fn: Callable, donate_state: bool = False) -> Callable:
+    """Maps `fn(state, batch) -> outputs` over the devices.
+
+    The state is replicated, the batch split along `AXIS`, and every output replicated: `fn` must
+    reduce over `AXIS` itself before returning.
+    """
+    donate = (0,) if donate_state else ()
+    if self.backend == 'pmap':
+      return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    return jax.jit(mapped, donate_argnums=donate)
+
+  def init_replicated(self, init_fn: Callable, *args) -> Any:
+    """Runs `init_fn(*args)` so its result is replicated over the devices in this backend's layout.
+
+    Under jit with replicated out_shardings every process computes the same values, which is how
+    multi-host runs agree on the initial weights without a broadcast.
+    """
+    state = jax.jit(init_fn, out_shardings=self.replicated)(*args)
+    return self.to_backend(state)
+
+  def to_backend(self, state: Any) -> Any:
+    """Replicated global arrays (the checkpoint layout) -> this backend's layout."""
+    if self.backend == 'shard_map':
+      return state
+    return flax.jax_utils.replicate(jax.device_get(state), self.local_devices)
+
+  def to_global(self, state: Any) -> Any:
+    """This backend's layout -> replicated global arrays (the checkpoint layout)."""
+    if self.backend == 'shard_map':
+      return state
+    first = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], state)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, x),
+                        first)
+
+  def host_value(self, tree: Any) -> Any:
+    """A replicated output (metrics, state) as NumPy on the host."""
+    if self.backend == 'pmap':
+      return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def put_batch(self, local_batch: dict) -> dict:
+    """This process's part of a global batch (NumPy) -> device arrays in this backend's layout."""
+    if self.backend == 'pmap':
+      n = len(self.local_devices)
+      def split(x):
+        if x.shape[0] % n:
+          raise ParallelError(f'a local batch of {x.shape[0]} does not split over {n} local devices.')
+        return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+      return jax.device_put({k: split(v) for k, v in local_batch.items()}, self._pmap_stacked)
+    return {k: jax.make_array_from_process_local_data(self.sharded, v)
+            for k, v in local_batch.items()}
+
+  def prefetch(self, items: Iterable, size: int, place: Callable | None = None) -> Iterator:
+    """Stages `size` items on the devices ahead of the step that consumes them.
+
+    `place` puts one item on the devices (default: `put_batch`). Transfers are asynchronous, so
+    the copy of batch t+1 overlaps the compute of batch t, as flax.jax_utils.prefetch_to_device
+    does for pmap; this does it for both backends.
+    """
+    place = place or self.put_batch
+    queue = collections.deque()
+    items = iter(items)
+    def enqueue(n):
+      for item in itertools.islice(items, n):
+        queue.append(place(item))
+    enqueue(max(size, 1))
+    while queue:
+      yield queue.popleft()
+      enqueue(1)
