@@ -1,0 +1,258 @@
+"""Input pipelines: tfds `data_source` (ArrayRecord, random access) + grain, without TensorFlow.
+
+Training reads an endless stream: a seeded `IndexSampler` reshuffles the whole split every
+epoch, each JAX process reads its own shard of it (`ShardByJaxProcess`), and batches may run
+across an epoch boundary, as tf.data's `repeat().batch()` does, so no example is ever skipped.
+The iterator is grain's `DataLoaderIterator`: `get_state()` / `set_state()` (or orbax with
+`grain.checkpoint.CheckpointSave/CheckpointRestore`) make a resumed run read exactly the
+batches the uninterrupted run would have read, augmentation included.
+
+Evaluation reads every example of its split exactly once: the split is padded to a whole
+number of global batches with copies whose 'mask' is False, so every process runs the same
+number of steps (the collectives need that) and the masked metrics count each example once.
+
+All functions yield host NumPy batches of this process's part of the global batch; putting
+them on the devices is `resnet_jax.parallel`'s job.
+"""
+
+import dataclasses
+import math
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import file_adapters
+
+from resnet_jax.data import augment
+from resnet_jax.data import digits
+from resnet_jax.data.errors import DataError
+
+AUGMENTATIONS = ('cifar', 'shift', 'inception', 'none')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of the images the model sees.
+  num_train: int  # Examples in config.train_split.
+  num_eval: int  # Examples in config.eval_split.
+
+
+def _missing_message(name, data_dir, searched):
+  return (
+      f"Dataset {name!r} is not prepared in {data_dir} (looked for {searched}), and "
+      "nothing is downloaded at run time. Point the run at a directory that holds it with "
+      "--config.data.data_dir=DIR or the TFDS_DATA_DIR environment variable, or prepare it "
+      "there once (this needs TensorFlow, which training does not): "
+      f"pip install 'resnet_jax[prepare]' && tfds build {name} --data_dir=DIR "
+      "--file_format=array_record"
+  )
+
+
+def _tfrecord_message(name, data_dir, searched):
+  return (
+      f"Dataset {name!r} in {searched} exists only in tfrecord format, which has no random "
+      "access; this pipeline reads array_record. Convert it in place with "
+      f"`tfds convert_format --dataset_version_dir={searched} --out_file_format=array_record`, "
+      f"or rebuild it with `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
+      "(both need pip install 'resnet_jax[prepare]')."
+  )
+
+
+def _open_tfds(name, split, data_dir):
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(
+        f"Unknown dataset {name!r}: it is neither 'digits' nor a tfds dataset name."
+    ) from None
+  except (NotImplementedError, ValueError) as e:
+    # tfds reports a missing dataset as "tfrecord is not supported"; tell the two apart.
+    builder = tfds.builder(name, data_dir=data_dir)
+    root = builder._data_dir_root  # pylint: disable=protected-access
+    if not builder.is_prepared():
+      raise DataError(_missing_message(name, root, builder.data_dir)) from e
+    if not builder.info.available_file_formats() & file_adapters.FileFormat.with_random_access():
+      raise DataError(_tfrecord_message(name, root, builder.data_dir)) from e
+    raise DataError(f'Cannot read split {split!r} of dataset {name!r}: {e}') from e
+
+
+class TfdsSource:
+  """A tfds split read through `tfds.data_source`: `[i]` -> {'image': uint8 HWC, 'label': int32}."""
+
+  def __init__(self, name, split, data_dir=None):
+    self.name, self.split = name, split
+    self._source = _open_tfds(name, split, data_dir)
+    features = self._source.dataset_info.features
+    self.num_classes = features['label'].num_classes
+    self.image_shape = tuple(features['image'].shape)  # None where the size varies.
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    record = self._source[index]
+    return {'image': record['image'], 'label': np.int32(record['label'])}
+
+  def __repr__(self):
+    # grain checks this string when restoring an iterator state; it leaves out data_dir so
+    # that a run can resume on a machine that keeps the data elsewhere.
+    return f'TfdsSource(name={self.name!r}, split={self.split!r})'
+
+
+def open_source(config, split):
+  """The random-access source of `split` of `config.dataset` (a tfds name or 'digits')."""
+  if config.dataset == 'digits':
+    source = digits.DigitsSource(split)
+    source.num_classes, source.image_shape = digits.NUM_CLASSES, digits.IMAGE_SHAPE
+    return source
+  return TfdsSource(config.dataset, split, config.data_dir)
+
+
+class _Padded:
+  """`source` padded to `length` with copies of its first records, marked by 'mask' False."""
+
+  def __init__(self, source, length):
+    self._source, self._length = source, length
+
+  def __len__(self):
+    return self._length
+
+  def __getitem__(self, index):
+    n = len(self._source)
+    return {**self._source[index % n], 'mask': np.bool_(index < n)}
+
+  def __repr__(self):
+    return f'Padded({self._source!r}, length={self._length})'
+
+
+def _is_fixed(source, size):
+  return tuple(source.image_shape[:2]) == (size, size)
+
+
+def _check(config, source):
+  if config.augment not in AUGMENTATIONS:
+    raise DataError(
+        f'Unknown config.data.augment={config.augment!r}; choose one of {AUGMENTATIONS}.')
+  channels = source.image_shape[-1]
+  if not len(config.mean) == len(config.std) == channels:
+    raise DataError(
+        f'config.data.mean and std need {channels} values (one per channel of '
+        f'{config.dataset!r}); got mean={tuple(config.mean)} std={tuple(config.std)}.')
+  if config.augment in ('cifar', 'shift') and not _is_fixed(source, config.image_size):
+    raise DataError(
+        f'augment={config.augment!r} pads and crops images that already have '
+        f'image_size={config.image_size}, but {config.dataset!r} images are '
+        f'{source.image_shape[:2]} (None: varying). Set config.data.image_size to their '
+        "size, or use augment='inception' or 'none'.")
+
+
+def _eval_ops(config, source):
+  """The deterministic view: as stored if already image_size, else resize + centre crop."""
+  if _is_fixed(source, config.image_size):
+    return []
+  return [augment.CenterCrop(config.image_size, config.crop_fraction)]
+
+
+def _train_ops(config, source):
+  if config.augment == 'cifar':
+    return [augment.RandomPadCrop(config.image_size, config.pad), augment.RandomFlip()]
+  if config.augment == 'shift':  # Pad and crop without the flip, for digits.
+    return [augment.RandomPadCrop(config.image_size, config.pad)]
+  if config.augment == 'inception':
+    return [augment.InceptionCrop(config.image_size), augment.RandomFlip()]
+  return _eval_ops(config, source)
+
+
+def _normalize(config):
+  return augment.Normalize(tuple(config.mean), tuple(config.std))
+
+
+def _shard_options(global_batch_size, process_index, process_count):
+  if process_index is None and process_count is None:
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  elif process_index is None or process_count is None:
+    raise DataError('Give both process_index and process_count, or neither.')
+  elif not 0 <= process_index < process_count:
+    raise DataError(f'process_index={process_index} is not in [0, {process_count}).')
+  else:
+    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+  if global_batch_size <= 0 or global_batch_size % shard.shard_count:
+    raise DataError(
+        f'The global batch size {global_batch_size} must be a positive multiple of the '
+        f'number of processes ({shard.shard_count}).')
+  return shard
+
+
+def dataset_info(config):
+  """Sizes of the configured splits and the shape of the preprocessed images.
+
+  Also checks the data config, so a bad one fails here, before anything compiles.
+  """
+  train, test = open_source(config, config.train_split), open_source(config, config.eval_split)
+  _check(config, train)
+  channels = train.image_shape[-1]
+  return DatasetInfo(
+      num_classes=train.num_classes,
+      image_shape=(config.image_size, config.image_size, channels),
+      num_train=len(train),
+      num_eval=len(test),
+  )
+
+
+def create_train_iterator(config, *, global_batch_size, seed, process_index=None,
+                          process_count=None):
+  """An endless, checkpointable iterator over this process's part of each training batch.
+
+  Args:
+    config: `config.data`.
+    global_batch_size: examples per step over all processes.
+    seed: seeds the shuffle of every epoch and every augmentation, in [0, 2**32).
+    process_index, process_count: default to jax.process_index() and jax.process_count();
+      given explicitly, they simulate one process of many.
+
+  Returns:
+    A `grain.DataLoaderIterator` of {'image': float32 [B, H, W, C], 'label': int32 [B]}, with
+    B = global_batch_size // process_count; it has `get_state()` and `set_state()`.
+  """
+  shard = _shard_options(global_batch_size, process_index, process_count)
+  if not 0 <= seed < 2**32:
+    raise DataError(f'The data seed must be in [0, 2**32); got {seed}.')
+  source = open_source(config, config.train_split)
+  _check(config, source)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
+  operations = [
+      *_train_ops(config, source),
+      _normalize(config),
+      grain.transforms.Batch(global_batch_size // shard.shard_count, drop_remainder=True),
+  ]
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler, operations=operations, shard_options=shard,
+      worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size)
+  return iter(loader)
+
+
+def create_eval_iterator(config, *, global_batch_size, process_index=None, process_count=None):
+  """One pass over config.eval_split, every example exactly once over all processes.
+
+  Every process gets ceil(num_eval / global_batch_size) batches of
+  global_batch_size // process_count examples, {'image', 'label', 'mask'}; 'mask' is False
+  on the padding that completes the last global batch.
+  """
+  shard = _shard_options(global_batch_size, process_index, process_count)
+  source = open_source(config, config.eval_split)
+  _check(config, source)
+  padded = _Padded(source, math.ceil(len(source) / global_batch_size) * global_batch_size)
+  # Unshuffled, each process reads one contiguous block of the padded split.
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(padded), shard_options=shard, shuffle=False, num_epochs=1)
+  operations = [
+      *_eval_ops(config, source),
+      _normalize(config),
+      grain.transforms.Batch(global_batch_size // shard.shard_count, drop_remainder=True),
+  ]
+  loader = grain.DataLoader(
+      data_source=padded, sampler=sampler, operations=operations, shard_options=shard,
+      worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size)
+  return iter(loader)
