@@ -1,8 +1,8 @@
 """The pure train and eval steps, written once with per-device semantics on the axis `AXIS`.
 
 Each function sees one device's slice of the global batch. Every cross-device reduction is explicit
-here: gradients are averaged with `lax.pmean`, metrics are gathered with clu's
-`gather_from_model_output`, and BN statistics are synced inside the model's `nn.BatchNorm`
+here: gradients are averaged with `lax.pmean`, metrics (clu.metrics) are summed
+with `lax.psum`, and BN statistics are synced inside the model's `nn.BatchNorm`
 (its `axis_name` is `AXIS` when `config.parallel.sync_batch_stats` is on). `resnet_jax.parallel`
 maps these functions over the devices with shard_map or pmap.
 """
@@ -31,6 +31,16 @@ class EvalMetrics(metrics.Collection):
   top5_accuracy: metrics.Average.from_output('top5')
 
 
+def psum_metrics(collection):
+  """Merges a metrics collection over the devices.
+
+  Every metric here is an `Average` (a total and a count), whose merge is a sum, so a `psum` is
+  the merge; it is also invariant over the axis, which shard_map's replication check needs
+  (clu's gather_from_model_output is an all_gather, whose result JAX treats as varying).
+  """
+  return jax.tree.map(lambda x: lax.psum(x, AXIS), collection)
+
+
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   """Per-example softmax cross-entropy in float32, whatever the compute dtype."""
   targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
@@ -57,7 +67,12 @@ def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: 
     loss = cross_entropy(logits, batch['label'], label_smoothing)
     return loss.mean(), (loss, logits, updates['batch_stats'])
 
-  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  # Differentiate this device's loss with respect to a per-device copy of the parameters. Under
+  # shard_map, the gradient with respect to the replicated parameters themselves would already be
+  # summed over the devices (the transpose of replicated -> varying is a psum); marking them
+  # varying keeps the gradient local, as under pmap, so the one pmean below is the reduction.
+  local_params = lax.pcast(state.params, AXIS, to='varying')
+  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(local_params)
   # Data parallelism: the mean of the per-device gradients is the gradient of the global batch.
   grads = lax.pmean(grads, AXIS)
   if not sync_batch_stats:
@@ -65,9 +80,9 @@ def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: 
     # the replicas stay identical (as flax's ImageNet example does before each eval).
     batch_stats = lax.pmean(batch_stats, AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  step_metrics = TrainMetrics.gather_from_model_output(
-      axis_name=AXIS, loss=loss, top1=correct_topk(logits, batch['label'], 1),
-      top5=correct_topk(logits, batch['label'], 5))
+  step_metrics = psum_metrics(TrainMetrics.single_from_model_output(
+      loss=loss, top1=correct_topk(logits, batch['label'], 1),
+      top5=correct_topk(logits, batch['label'], 5)))
   return new_state, step_metrics
 
 
@@ -75,6 +90,6 @@ def eval_step(state, batch):
   """Metrics of one padded eval batch; padding (mask False) counts for nothing."""
   logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                           batch['image'], train=False)
-  return EvalMetrics.gather_from_model_output(
-      axis_name=AXIS, mask=batch['mask'], loss=cross_entropy(logits, batch['label']),
-      top1=correct_topk(logits, batch['label'], 1), top5=correct_topk(logits, batch['label'], 5))
+  return psum_metrics(EvalMetrics.single_from_model_output(
+      mask=batch['mask'], loss=cross_entropy(logits, batch['label']),
+      top1=correct_topk(logits, batch['label'], 1), top5=correct_topk(logits, batch['label'], 5)))
