@@ -46,7 +46,8 @@ def get_config():
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
   config.data.image_size = 32
-  # 'cifar': pad 4, random crop, flip. 'inception': random-resized crop, flip. 'none'.
+  # 'cifar': pad, random crop, flip. 'shift': pad and crop only. 'inception': random-resized
+  # crop, flip. 'none'.
   config.data.augment = 'cifar'
   config.data.pad = 4
   # Per-channel normalisation, in [0, 255] pixel units; CIFAR-10 training-set statistics.
