@@ -35,11 +35,16 @@ class RandomPadCrop(grain.transforms.RandomMap):
 
   def random_map(self, features, rng):
     image = features['image']
-    p = self.pad
-    padded = np.pad(image, ((p, p), (p, p), (0, 0)))
-    top, left = rng.integers(0, padded.shape[0] - self.size + 1), rng.integers(
-        0, padded.shape[1] - self.size + 1)
-    return {**features, 'image': padded[top:top + self.size, left:left + self.size]}
+    height, width, channels = image.shape
+    # The crop's corner in image coordinates: -pad .. height + pad - size.
+    top = int(rng.integers(0, height + 2 * self.pad - self.size + 1)) - self.pad
+    left = int(rng.integers(0, width + 2 * self.pad - self.size + 1)) - self.pad
+    # Copies the part of the image inside the crop into zeros: np.pad's cost, without the pad.
+    out = np.zeros((self.size, self.size, channels), image.dtype)
+    y0, y1 = max(top, 0), min(top + self.size, height)
+    x0, x1 = max(left, 0), min(left + self.size, width)
+    out[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+    return {**features, 'image': out}
 
 
 @dataclasses.dataclass(frozen=True)
