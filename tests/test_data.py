@@ -234,9 +234,12 @@ def test_bad_configs_raise_data_error(overrides, kwargs, match):
     data.create_train_iterator(digits_config(**overrides), seed=0, **kwargs)
 
 
-def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
-  config = digits_config(dataset='cifar10', data_dir=str(tmp_path), image_size=32,
-                         mean=(0,) * 3, std=(1,) * 3)
+@pytest.mark.parametrize('via', ['config', 'TFDS_DATA_DIR'])
+def test_missing_dataset_says_where_it_looked_and_how_to_get_it(via, tmp_path, monkeypatch):
+  # tfds fails differently for the two (a format error, a KeyError); both give one message.
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  config = digits_config(dataset='cifar10', data_dir=str(tmp_path) if via == 'config' else None,
+                         image_size=32, mean=(0,) * 3, std=(1,) * 3)
   with pytest.raises(data.DataError) as error:
     data.dataset_info(config)
   message = str(error.value)

@@ -74,8 +74,9 @@ def _open_tfds(name, split, data_dir):
     raise DataError(
         f"Unknown dataset {name!r}: it is neither 'digits' nor a tfds dataset name."
     ) from None
-  except (NotImplementedError, ValueError) as e:
-    # tfds reports a missing dataset as "tfrecord is not supported"; tell the two apart.
+  except (NotImplementedError, ValueError, KeyError, OSError) as e:
+    # tfds reports a missing dataset as "tfrecord is not supported" or as a KeyError on its
+    # empty split table, depending on data_dir: look at the directory to say what is wrong.
     builder = tfds.builder(name, data_dir=data_dir)
     root = builder._data_dir_root  # pylint: disable=protected-access
     if not builder.is_prepared():
