@@ -5,6 +5,7 @@ record: that is how these tests follow examples through shuffling, sharding and 
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -234,18 +235,36 @@ def test_bad_configs_raise_data_error(overrides, kwargs, match):
     data.create_train_iterator(digits_config(**overrides), seed=0, **kwargs)
 
 
-@pytest.mark.parametrize('via', ['config', 'TFDS_DATA_DIR'])
-def test_missing_dataset_says_where_it_looked_and_how_to_get_it(via, tmp_path, monkeypatch):
-  # tfds fails differently for the two (a format error, a KeyError); both give one message.
-  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-  config = digits_config(dataset='cifar10', data_dir=str(tmp_path) if via == 'config' else None,
-                         image_size=32, mean=(0,) * 3, std=(1,) * 3)
+MISSING_DATASET_HINTS = ('TFDS_DATA_DIR', '--config.data.data_dir', 'tfds build cifar100',
+                         '--file_format=array_record', 'resnet_jax[prepare]')
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
+  config = digits_config(dataset='cifar100', data_dir=str(tmp_path), image_size=32,
+                         mean=(0,) * 3, std=(1,) * 3)
   with pytest.raises(data.DataError) as error:
     data.dataset_info(config)
-  message = str(error.value)
-  for part in ("'cifar10'", str(tmp_path), 'TFDS_DATA_DIR', '--config.data.data_dir',
-               'tfds build cifar10', '--file_format=array_record', "resnet_jax[prepare]"):
-    assert part in message
+  for part in ("'cifar100'", str(tmp_path), *MISSING_DATASET_HINTS):
+    assert part in str(error.value)
+
+
+def test_missing_dataset_in_tfds_data_dir_fails_fast_with_the_same_message(tmp_path):
+  """With data_dir unset tfds fails another way (a KeyError). It reads TFDS_DATA_DIR when it is
+  imported, hence the fresh process; the timeout checks that nothing hangs."""
+  script = textwrap.dedent("""
+      import ml_collections
+      from resnet_jax import data
+      config = ml_collections.ConfigDict(dict(dataset='cifar100', data_dir=None))
+      try:
+        data.open_source(config, 'train')
+      except data.DataError as e:
+        print(e)
+      """)
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, 'TFDS_DATA_DIR': str(tmp_path)})
+  assert result.returncode == 0, result.stderr
+  for part in ("'cifar100'", str(tmp_path), *MISSING_DATASET_HINTS):
+    assert part in result.stdout
 
 
 def test_tfrecord_only_dataset_says_how_to_rebuild_it_as_array_record(tmp_path):
