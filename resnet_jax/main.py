@@ -27,6 +27,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
+  # orbax and tfds log every file operation through absl's logger at INFO; keep the progress
+  # lines of this project (the root logger) readable. --verbosity=1 brings them back.
+  if FLAGS.verbosity <= 0:
+    logging.getLogger('absl').setLevel(logging.WARNING)
   try:
     parallel.initialize_distributed(config.distributed)
     logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
