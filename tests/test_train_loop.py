@@ -1,0 +1,106 @@
+"""The trainer end to end on the offline digits: it learns, logs, checkpoints and recovers."""
+
+import json
+import os
+import pathlib
+
+import jax
+import pytest
+
+from configs import quickstart
+from resnet_jax.metrics import read_metrics
+from resnet_jax.train import loop
+from resnet_jax.train.checkpoint import Checkpointer
+
+
+def _short_quickstart(steps=150, **overrides):
+  config = quickstart.get_config()
+  config.num_train_steps = steps
+  config.lr_boundaries = (steps - 30,)
+  config.log_every_steps = 25
+  config.eval_every_steps = 50
+  config.checkpoint_every_steps = 50
+  config.keep_checkpoints = 1
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('quickstart')
+  summary = loop.train_and_evaluate(_short_quickstart(), str(workdir), devices=jax.devices()[:1])
+  return workdir, summary
+
+
+def test_a_short_run_learns_the_digits(trained):
+  _, summary = trained
+  assert summary['step'] == 150
+  assert summary['eval/accuracy'] > 0.85
+  # Every test digit counted once: eval pads and masks, it does not drop.
+  assert summary['eval/num_examples'] == 360
+
+
+def test_metrics_jsonl_has_train_eval_and_lr_records(trained):
+  workdir, _ = trained
+  records = read_metrics(str(workdir))
+  train = [r for r in records if 'train/loss' in r]
+  evals = [r for r in records if 'eval/accuracy' in r]
+  assert [r['step'] for r in train] == [25, 50, 75, 100, 125, 150]
+  assert [r['step'] for r in evals] == [50, 100, 150]
+  assert {'train/loss', 'train/accuracy', 'train/top5_accuracy', 'lr'} <= set(train[0])
+  assert {'eval/loss', 'eval/accuracy', 'eval/top5_accuracy'} <= set(evals[0])
+  assert train[-1]['train/loss'] < train[0]['train/loss']
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['num_train_steps'] == 150 and saved['model']['placement'] == 'full_preact'
+  assert json.loads((workdir / 'summary.json').read_text())['step'] == 150
+
+
+def test_keeps_the_latest_and_the_best_checkpoint(trained):
+  workdir, _ = trained
+  evals = [r for r in read_metrics(str(workdir)) if 'eval/accuracy' in r]
+  best = max(evals, key=lambda r: r['eval/accuracy'])['step']
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert kept == sorted({150, best})
+
+
+def test_rerunning_a_finished_run_changes_nothing(trained):
+  workdir, summary = trained
+  before = (workdir / 'metrics.jsonl').read_text()
+  again = loop.train_and_evaluate(_short_quickstart(), str(workdir), devices=jax.devices()[:1])
+  assert again['eval/accuracy'] == summary['eval/accuracy']
+  assert (workdir / 'metrics.jsonl').read_text() == before
+
+
+def test_an_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path):
+  config = _short_quickstart(steps=4, checkpoint_every_steps=2, eval_every_steps=4,
+                             log_every_steps=2, keep_checkpoints=3, lr_boundaries=(),
+                             warmup_steps=0)
+  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  # Damage every data file of the newest checkpoint's state, as a crash mid-write on a
+  # filesystem without atomic renames would.
+  for f in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'\0garbage')
+  ckpt = Checkpointer(str(tmp_path / 'checkpoints'))
+  from resnet_jax import data
+  it = loop.ConsumedIterator(data.create_train_iterator(config.data, global_batch_size=128, seed=0))
+  template = _restore_template(config)
+  step, _ = ckpt.restore(template, it)
+  assert step == 2
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [2, 4]  # Nothing was deleted.
+
+
+def _restore_template(config):
+  import functools
+  from resnet_jax import parallel
+  from resnet_jax.train import optim
+  from resnet_jax.train.state import create_train_state
+  par = parallel.DataParallel('shard_map', jax.devices()[:1])
+  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 4))
+  model = loop.create_model(config, True)
+  return par.init_replicated(functools.partial(
+      create_train_state, model=model, tx=tx, image_shape=(8, 8, 1)),
+      jax.random.key_data(jax.random.key(0)))
