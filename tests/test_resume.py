@@ -1,0 +1,58 @@
+"""A run killed at any moment and rerun with the same command ends bit for bit where an
+uninterrupted run ends: parameters, BN statistics, optimiser state, RNG and data order."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests import helpers
+
+STEPS = 160
+ARGS = (f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=20',
+        '--config.eval_every_steps=80', '--config.log_every_steps=10',
+        '--config.lr_boundaries=(100,)', '--config.warmup_steps=10')
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = helpers.run_main(workdir, *ARGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return helpers.final_params(workdir)
+
+
+def _interrupt(workdir, sig):
+  """Starts a run, waits for its first checkpoint, then sends `sig`; returns the exit code."""
+  proc = subprocess.Popen(helpers.main_command(workdir, *ARGS), cwd=helpers.ROOT,
+                          env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 300
+  while not helpers.checkpoint_steps(workdir) and time.time() < deadline:
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.2)
+  proc.send_signal(sig)
+  proc.wait(timeout=120)
+  return proc.returncode, proc.stderr.read()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM], ids=['SIGKILL', 'SIGTERM'])
+def test_resumed_run_is_bit_exact(tmp_path, uninterrupted, sig):
+  code, stderr = _interrupt(tmp_path, sig)
+  interrupted_at = helpers.checkpoint_steps(tmp_path)[-1]
+  assert interrupted_at < STEPS, 'the run finished before the signal: nothing was tested'
+  if sig == signal.SIGTERM:
+    # SIGTERM saves the step it was on, then exits cleanly.
+    assert code == 0, stderr[-3000:]
+    assert 'Stopped at step' in stderr
+  else:
+    assert code == -signal.SIGKILL
+  result = helpers.run_main(tmp_path, *ARGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from {tmp_path} at step {interrupted_at}' in result.stderr
+  step, state = helpers.final_params(tmp_path)
+  assert step == STEPS == uninterrupted[0]
+  helpers.assert_trees_equal(state, uninterrupted[1])
