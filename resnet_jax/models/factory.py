@@ -1,0 +1,122 @@
+"""`create_model`: every net of the two ResNet papers from a family, a depth and a few switches."""
+
+import numbers
+
+from resnet_jax.models import layers
+from resnet_jax.models.resnet import FAMILIES, SHORTCUTS, ResNet
+from resnet_jax.models.units import PLACEMENTS
+
+# scan=None scans the nets where a stage has more than this many identical units (units 2..n).
+# Compile time of an unrolled net grows with its unit count while a scanned stage compiles once;
+# below this size unrolling compiles in seconds, runs a little faster and keeps one readable
+# variable tree per unit. It turns scan on for CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
+# Measured figures: benchmarks/compile_time.py.
+SCAN_AUTO_MIN_REPEATS = 9
+
+
+def _allowed_depths(family):
+  by_block = {}
+  for depth, (block, _) in sorted(FAMILIES[family].depths.items()):
+    by_block.setdefault(block, []).append(str(depth))
+  rules = {'cifar': {'basic': 'basic, 6n+2', 'bottleneck': 'bottleneck, 9n+2'},
+           'imagenet': {'basic': 'basic', 'bottleneck': 'bottleneck'}}[family]
+  return ' and '.join(f'{", ".join(ds)} ({rules[b]})' for b, ds in by_block.items())
+
+
+def _check_choice(argument, value, allowed):
+  if value not in allowed:
+    raise ValueError(f'{argument}={value!r} is not allowed; allowed: '
+                     f'{", ".join(repr(a) for a in allowed)}')
+
+
+def _check_bool(argument, value, allow_none=False):
+  if not (isinstance(value, bool) or (allow_none and value is None)):
+    raise ValueError(f'{argument}={value!r} must be True or False'
+                     + (' or None' if allow_none else ''))
+
+
+def create_model(family, depth, *, placement='original', shortcut=None, num_classes=None,
+                 width=1.0, dtype='float32', param_dtype='float32', scan=None, remat=False,
+                 zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
+                 axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5) -> ResNet:
+  """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
+
+  Args:
+    family: 'cifar' (3x3 stem, widths 16/32/64, 32x32 inputs) or 'imagenet' (7x7 stride-2 stem
+      and max-pool, widths 64/128/256/512).
+    depth: cifar: 20, 32, 44, 56, 110, 1202 (basic) or 164, 1001 (bottleneck);
+      imagenet: 18, 34 (basic) or 50, 101, 152, 200 (bottleneck).
+    placement: where BN and ReLU sit in a unit, Identity Mappings Fig. 4 (a)-(e): 'original',
+      'bn_after_add', 'relu_before_add', 'relu_only_preact' or 'full_preact'.
+    shortcut: 'A' (parameter-free: subsample and zero-pad), 'B' (projection where the shape
+      changes), 'C' (projection everywhere) or 'none' (the 2015 paper's plain nets). None: A for
+      CIFAR basic nets (2015), B for CIFAR bottleneck and all ImageNet nets.
+    num_classes: None gives 10 for cifar, 1000 for imagenet.
+    width: multiplier of every width (stem included).
+    dtype, param_dtype: compute and parameter dtypes ('float32', 'bfloat16', 'float16' or the
+      jnp types). BN statistics and the logits are float32 whatever they are.
+    scan: run units 2..n of each stage under nn.scan; None scans deep nets only (see
+      SCAN_AUTO_MIN_REPEATS). Scanned and unrolled nets compute the same function.
+    remat: rematerialise each unit in the backward pass (nn.remat).
+    zero_init_last: zero-initialise the last scale of each residual branch (see ResidualUnit).
+    stochastic_depth: drop rate p_L of the last unit; unit l of L drops with l/L * p_L
+      (Huang et al. 2016). Training then needs rngs={'dropout': key}; 0 needs no rng.
+    resnet_d: ImageNet only: the ResNet-D deep stem and average-pool downsampling (Bag of Tricks).
+    stride_in_3x3: ImageNet bottleneck nets only: True is v1.5 (torchvision, stride on the 3x3),
+      False is v1 (the 2015 paper, stride on the first 1x1). CIFAR bottleneck nets always stride
+      the first 1x1, as the authors' code for ResNet-164/1001 does (resnet-1k-layers).
+    axis_name: a named axis (pmap or shard_map) over which BN averages its batch statistics.
+    bn_momentum, bn_epsilon: BN running-average momentum (flax convention) and epsilon.
+  """
+  _check_choice('family', family, tuple(FAMILIES))
+  spec = FAMILIES[family]
+  if isinstance(depth, bool) or depth not in spec.depths:
+    raise ValueError(f'depth={depth!r} is not a {family} depth; allowed: '
+                     f'{_allowed_depths(family)}')
+  block, stage_sizes = spec.depths[depth]
+  _check_choice('placement', placement, PLACEMENTS)
+  if shortcut is None:
+    shortcut = 'A' if (family == 'cifar' and block == 'basic') else 'B'
+  _check_choice('shortcut', shortcut, SHORTCUTS)
+  if num_classes is None:
+    num_classes = spec.num_classes
+  if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+      or num_classes < 1):
+    raise ValueError(f'num_classes={num_classes!r} must be a positive integer')
+  if isinstance(width, bool) or not isinstance(width, numbers.Real) or width <= 0:
+    raise ValueError(f'width={width!r} must be a positive number')
+  widths = tuple(int(round(w * width)) for w in spec.widths)
+  stem_width = int(round(spec.stem_width * width))
+  if min(widths) < 1 or stem_width < 2:
+    raise ValueError(f'width={width!r} leaves a layer with no channels; widths would be {widths}')
+  dtype = layers.resolve_dtype(dtype, 'dtype')
+  param_dtype = layers.resolve_dtype(param_dtype, 'param_dtype')
+  for argument, value in (('remat', remat), ('zero_init_last', zero_init_last),
+                          ('resnet_d', resnet_d), ('stride_in_3x3', stride_in_3x3)):
+    _check_bool(argument, value)
+  _check_bool('scan', scan, allow_none=True)
+  if (isinstance(stochastic_depth, bool) or not isinstance(stochastic_depth, numbers.Real)
+      or not 0 <= stochastic_depth < 1):
+    raise ValueError(f'stochastic_depth={stochastic_depth!r} must be in [0, 1)')
+  if resnet_d and family != 'imagenet':
+    raise ValueError(f'resnet_d=True is for family=\'imagenet\' only, not family={family!r}')
+  if zero_init_last and shortcut == 'none':
+    raise ValueError("zero_init_last=True with shortcut='none' would make every unit output "
+                     'zeros; allowed only with shortcut A, B or C')
+  if axis_name is not None and not isinstance(axis_name, str):
+    raise ValueError(f'axis_name={axis_name!r} must be a string (e.g. \'batch\') or None')
+  if not 0 <= bn_momentum < 1:
+    raise ValueError(f'bn_momentum={bn_momentum!r} must be in [0, 1)')
+  if not bn_epsilon > 0:
+    raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
+  if scan is None:
+    scan = max(stage_sizes) - 1 >= SCAN_AUTO_MIN_REPEATS
+
+  return ResNet(
+      stage_sizes=stage_sizes, widths=widths, strides=spec.strides,
+      bottleneck=block == 'bottleneck', stem=spec.stem, stem_width=stem_width,
+      num_classes=int(num_classes), placement=placement, shortcut=shortcut, dtype=dtype,
+      param_dtype=param_dtype, scan=scan, remat=remat, zero_init_last=zero_init_last,
+      stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
+      stride_in_3x3=stride_in_3x3 if family == 'imagenet' else False, axis_name=axis_name,
+      bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon))
