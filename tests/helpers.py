@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -37,13 +38,15 @@ def final_params(workdir) -> dict:
   """The parameters, BN statistics and optimiser state of the newest checkpoint, as NumPy."""
   step = checkpoint_steps(workdir)[-1]
   path = pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state'
-  with ocp.StandardCheckpointer() as ckpt:
-    tree = ckpt.restore(path)
+  # Restored as NumPy, so it reads whatever topology (process and device count) saved it.
+  with ocp.PyTreeCheckpointer() as ckpt:
+    metadata = ckpt.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    tree = ckpt.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return step, tree
 
 
 def assert_trees_equal(a, b) -> None:
-  import jax
   leaves_a, tree_a = jax.tree.flatten(a)
   leaves_b, tree_b = jax.tree.flatten(b)
   assert tree_a == tree_b
