@@ -7,6 +7,7 @@ Takes the model arguments of configs/cifar10.py. 90 epochs of global batch 1024,
 with a 5-epoch linear warm-up then cosine decay, wd 1e-4 (not on BN or biases), bf16 compute,
 inception crop + flip, zero-initialised last BN scale. Needs imagenet2012 prepared as array_record
 (`tfds build imagenet2012 --file_format=array_record` with the manual download in place).
+For ResNet-50 the reference points are 76.3% top-1 (Flax example, 100 epochs) and MLPerf's 75.9%.
 """
 
 from configs import cifar10, default
