@@ -205,12 +205,12 @@ def analytic_multiply_adds(model, image_shape):
   return sum(entry['macs'] for entry in info.values())
 
 
-def paper_table():
-  """Parameter counts and multiply-adds of every net of the two papers, next to the papers'."""
+def paper_table(nets=PAPER_NETS):
+  """Parameter counts and multiply-adds of the papers' nets (`nets`: rows of PAPER_NETS)."""
   header = ('net', 'placement', 'shortcut', 'params', 'without BN', 'BN', 'paper params',
             'MACs XLA', 'MACs all taps', 'v1 XLA', 'v1 all taps', 'paper MACs')
   table = [header]
-  for family, depth, placement, shortcut, paper, source in PAPER_NETS:
+  for family, depth, placement, shortcut, paper, source in nets:
     model = models.create_model(family, depth, placement=placement, shortcut=shortcut)
     image = (DEFAULT_IMAGE_SIZE[family],) * 2 + (3,)
     total, bn = param_counts(abstract_variables(model, (1,) + image)['params'])
