@@ -104,7 +104,8 @@ class ResNet(nn.Module):
                          'entry per unit')
 
     unit = nn.remat(ResidualUnit) if self.remat else ResidualUnit
-    # prevent_cse only costs speed inside scan, where the loop already stops CSE (flax docs).
+    # Inside scan the loop already keeps XLA from merging the recomputation away, so the
+    # barriers of prevent_cse would only cost speed (flax's nn.remat docs).
     scanned_unit = nn.remat(ResidualUnit, prevent_cse=False) if self.remat else ResidualUnit
     j = 0  # index of the unit over the whole net
     for s, (size, width, stride) in enumerate(zip(self.stage_sizes, self.widths, self.strides), 1):
