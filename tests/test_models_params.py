@@ -93,23 +93,25 @@ def test_width_and_classes():
 
 
 def test_stride_placement_v1_and_v1_5():
-  def strided_conv(model):
+  def first_strided_conv(model):
     variables = summary.abstract_variables(model, (1, 32, 32, 3))
     _, state = jax.eval_shape(lambda v: model.apply(
         v, jnp.zeros((1, 32, 32, 3)), train=False, capture_intermediates=True,
         mutable=['intermediates']), variables)
-    unit = state['intermediates']['stage2_unit1']
-    return [name for name in ('conv1', 'conv2') if unit[name]['__call__'][0].shape[1] == 4]
-  assert strided_conv(models.create_model('imagenet', 50)) == ['conv1', 'conv2'][1:]
-  assert strided_conv(models.create_model('imagenet', 50, stride_in_3x3=False)) == ['conv1', 'conv2']
+    unit = state['intermediates']['stage2_unit1']  # a stride-2 unit
+    halved = unit['__call__'][0].shape[1]
+    return next(n for n in ('conv1', 'conv2') if unit[n]['__call__'][0].shape[1] == halved)
+  assert first_strided_conv(models.create_model('imagenet', 50)) == 'conv2'  # the 3x3
+  assert first_strided_conv(models.create_model('imagenet', 50, stride_in_3x3=False)) == 'conv1'
   # CIFAR bottleneck nets stride the first 1x1, as the authors' ResNet-1001 code does.
-  assert not models.create_model('cifar', 164).stride_in_3x3
+  assert first_strided_conv(models.create_model('cifar', 164, scan=False)) == 'conv1'
 
 
 @pytest.mark.parametrize('kwargs,message', [
     (dict(family='cifar', depth=21), 'depth=21 is not a cifar depth; allowed: 20, 32, 44, 56, 110, '
      '1202 (basic, 6n+2) and 164, 1001 (bottleneck, 9n+2)'),
-    (dict(family='imagenet', depth=20), 'allowed: 18, 34 (basic) and 50, 101, 152, 200 (bottleneck)'),
+    (dict(family='imagenet', depth=20),
+     'allowed: 18, 34 (basic) and 50, 101, 152, 200 (bottleneck)'),
     (dict(family='mnist', depth=20), "family='mnist' is not allowed; allowed: 'cifar', 'imagenet'"),
     (dict(placement='preact'), "placement='preact' is not allowed; allowed: 'original', "
      "'bn_after_add', 'relu_before_add', 'relu_only_preact', 'full_preact'"),

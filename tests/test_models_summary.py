@@ -1,4 +1,5 @@
-"""`python -m resnet_jax.summary`: layer table, parameter counts, multiply-adds, --config, --table."""
+"""`python -m resnet_jax.summary`: layer table, parameter counts, multiply-adds, --config, --table.
+"""
 
 import pathlib
 import subprocess

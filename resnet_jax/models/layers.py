@@ -56,7 +56,7 @@ def layer_partials(*, train, dtype, param_dtype, axis_name, bn_momentum, bn_epsi
 
 
 def shortcut_a(x, features, strides):
-  """Option A of He et al. 2015 (Sec. 4.2): subsample by the stride and zero-pad the new channels."""
+  """Option A of He et al. 2015 (Sec. 4.2): subsample by the stride, zero-pad the new channels."""
   if strides > 1:
     x = x[:, ::strides, ::strides, :]
   extra = features - x.shape[-1]
