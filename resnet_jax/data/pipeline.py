@@ -241,16 +241,7 @@ def create_train_iterator(config, *, global_batch_size, seed, process_index=None
   _check(config, source)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
-  operations = [
-      *_train_ops(config, source),
-      _normalize(config),
-      grain.transforms.Batch(global_batch_size // shard.shard_count, drop_remainder=True),
-  ]
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler, operations=operations, shard_options=shard,
-      worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size,
-      read_options=_read_options(config))
-  return iter(loader)
+  return _loader(config, source, sampler, _train_ops(config, source), shard, global_batch_size)
 
 
 def create_eval_iterator(config, *, global_batch_size, process_index=None, process_count=None):
@@ -267,13 +258,18 @@ def create_eval_iterator(config, *, global_batch_size, process_index=None, proce
   # Unshuffled, each process reads one contiguous block of the padded split.
   sampler = grain.samplers.IndexSampler(
       num_records=len(padded), shard_options=shard, shuffle=False, num_epochs=1)
+  return _loader(config, padded, sampler, _eval_ops(config, source), shard, global_batch_size)
+
+
+def _loader(config, source, sampler, transforms, shard, global_batch_size):
+  """The grain iterator: transforms, normalisation, then this process's part of each batch."""
   operations = [
-      *_eval_ops(config, source),
+      *transforms,
       _normalize(config),
       grain.transforms.Batch(global_batch_size // shard.shard_count, drop_remainder=True),
   ]
   loader = grain.DataLoader(
-      data_source=padded, sampler=sampler, operations=operations, shard_options=shard,
+      data_source=source, sampler=sampler, operations=operations, shard_options=shard,
       worker_count=config.worker_count, worker_buffer_size=config.worker_buffer_size,
       read_options=_read_options(config))
   return iter(loader)
