@@ -50,3 +50,15 @@ def test_console_script_is_the_same_entry_point():
   result = subprocess.run([script, '--helpfull'], capture_output=True, text=True, timeout=120,
                           env=helpers.env())
   assert '--workdir' in result.stdout and '--config' in result.stdout
+
+
+def test_a_relative_workdir_trains_and_checkpoints(tmp_path):
+  # The README's quickstart passes --workdir=runs/quickstart, relative to where it runs.
+  config = helpers.ROOT / 'configs' / 'quickstart.py'
+  result = subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', f'--config={config}', '--workdir=runs/rel',
+       '--config.num_train_steps=4', '--config.checkpoint_every_steps=2',
+       '--config.lr_boundaries=()', '--config.warmup_steps=0'],
+      cwd=tmp_path, env=helpers.env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert helpers.checkpoint_steps(tmp_path / 'runs' / 'rel') == [2, 4]

@@ -104,3 +104,14 @@ def _restore_template(config):
   return par.init_replicated(functools.partial(
       create_train_state, model=model, tx=tx, image_shape=(8, 8, 1)),
       jax.random.key_data(jax.random.key(0)))
+
+
+@pytest.mark.slow
+def test_the_quickstart_as_shipped_reaches_95_percent(tmp_path):
+  summary = loop.train_and_evaluate(quickstart.get_config(), str(tmp_path),
+                                    devices=jax.devices()[:1])
+  assert summary['step'] == 600
+  assert summary['eval/accuracy'] >= 0.95, summary
+  # It checkpoints several times during the run, not only at the end.
+  from tests import helpers
+  assert helpers.checkpoint_steps(tmp_path) == [200, 400, 600]

@@ -123,6 +123,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   in place of the configured pipeline (tests use it to feed the same global batches to runs of
   different process counts).
   """
+  if '://' not in workdir:  # Local paths: orbax's tensorstore writer needs them absolute.
+    workdir = os.path.abspath(workdir)
   config_check.validate(config)
   info = data.dataset_info(config.data)
   config_check.validate_against_dataset(config, info)
