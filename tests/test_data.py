@@ -212,9 +212,11 @@ def test_a_worker_process_yields_the_in_process_stream_and_resumes_exactly(absl_
   assert_same_batches(take(resumed, 4), expected[5:])
 
 
-def test_two_worker_processes_cover_the_eval_split_exactly_once(absl_flags_parsed):
-  batches = take(data.create_eval_iterator(digits_config(worker_count=2), global_batch_size=64),
-                 6)
+@pytest.mark.parametrize('batch_size', [64, 128, 360])  # 6, 3 and 1 batches over 2 workers.
+def test_two_worker_processes_cover_the_eval_split_exactly_once(absl_flags_parsed, batch_size):
+  batches = list(data.create_eval_iterator(digits_config(worker_count=2),
+                                           global_batch_size=batch_size))
+  assert len(batches) == -(-NUM_TEST // batch_size)
   seen = [i for b in batches for i in ids(b, b['mask'])]
   assert len(seen) == NUM_TEST and set(seen) == all_ids('test')
 

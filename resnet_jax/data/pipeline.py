@@ -255,10 +255,20 @@ def create_eval_iterator(config, *, global_batch_size, process_index=None, proce
   source = open_source(config, config.eval_split)
   _check(config, source)
   padded = _Padded(source, math.ceil(len(source) / global_batch_size) * global_batch_size)
-  # Unshuffled, each process reads one contiguous block of the padded split.
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(padded), shard_options=shard, shuffle=False, num_epochs=1)
-  return _loader(config, padded, sampler, _eval_ops(config, source), shard, global_batch_size)
+  # Each process reads one contiguous block of the padded split, a whole number of batches.
+  block = len(padded) // shard.shard_count
+  dataset = grain.MapDataset.source(padded)[shard.shard_index * block:
+                                            (shard.shard_index + 1) * block]
+  for transform in (*_eval_ops(config, source), _normalize(config)):
+    dataset = dataset.map(transform)
+  dataset = dataset.batch(global_batch_size // shard.shard_count, drop_remainder=True)
+  dataset = dataset.to_iter_dataset(_read_options(config))
+  if config.worker_count > 0:
+    # Batched before the workers split the work, so each worker yields whole batches. (A
+    # DataLoader batches inside each worker, and would drop every worker's partial last batch.)
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+  return iter(dataset)
 
 
 def _loader(config, source, sampler, transforms, shard, global_batch_size):
