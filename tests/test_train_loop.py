@@ -5,6 +5,7 @@ import os
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from configs import quickstart
@@ -115,3 +116,22 @@ def test_the_quickstart_as_shipped_reaches_95_percent(tmp_path):
   # It checkpoints several times during the run, not only at the end.
   from tests import helpers
   assert helpers.checkpoint_steps(tmp_path) == [200, 400, 600]
+
+
+def test_the_imagenet_config_trains_end_to_end_on_mock_imagenet(tmp_path):
+  # ImageNet is absent here: tfds's mock data serves random images with the real features.
+  import tensorflow_datasets as tfds
+  from configs import imagenet_resnet50
+  config = imagenet_resnet50.get_config()
+  config.model.depth = 18
+  config.data.image_size = 64
+  config.data.worker_count = 0
+  config.batch_size = config.eval_batch_size = 8
+  config.num_epochs = 0.0
+  config.num_train_steps = 2
+  config.warmup_steps = 1
+  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=20):
+    summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
+  assert summary['step'] == 2 and summary['eval/num_examples'] == 20
+  assert np.isfinite(summary['train/loss'])
