@@ -1,8 +1,6 @@
 """The trainer end to end on the offline digits: it learns, logs, checkpoints and recovers."""
 
 import json
-import os
-import pathlib
 
 import jax
 import numpy as np
