@@ -48,6 +48,7 @@ def test_resumed_run_is_bit_exact(tmp_path, uninterrupted, sig):
     # SIGTERM saves the step it was on, then exits cleanly.
     assert code == 0, stderr[-3000:]
     assert 'Stopped at step' in stderr
+    assert not (tmp_path / 'summary.json').exists()  # An unfinished run claims no result.
   else:
     assert code == -signal.SIGKILL
   result = helpers.run_main(tmp_path, *ARGS)

@@ -205,11 +205,16 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
       if stopping:
         logging.warning('Stopped at step %d on request; rerun the same command to resume.', step)
         break
-  if not eval_scalars:  # Resumed at the very end, after the last eval: report the test error.
+  # Stopped early (SIGTERM): the checkpoint is what matters, so no extra eval or summary
+  # delays the exit within a preemption's grace period.
+  if not eval_scalars and step >= total_steps:
+    # Resumed at the very end, after the last eval: report the test error.
     eval_scalars = evaluate(p_eval_step, state, config, par)
   ckpt.wait()
   ckpt.close()
   writer.close()
+  if step < total_steps:
+    return {'step': step, 'stopped': True, **last_train}
 
   summary = {'step': step, 'wall_s': time.perf_counter() - started, **last_train,
              **{k: float(v) for k, v in eval_scalars.items()}}
