@@ -5,7 +5,8 @@ Variant configs import this file and override a few keys. Run it as it is with
   python -m resnet_jax.main --config=configs/default.py --workdir=runs/default
 
 which trains the 2015 paper's ResNet-20 (option A shortcuts) on CIFAR-10 for 64k steps and should
-reach about 8.75% test error (Table 6 of arXiv 1512.03385; our measured figures are in docs/results.md).
+reach about 8.75% test error, the paper's figure (Table 6 of arXiv 1512.03385). The full run has not
+been reproduced here yet; docs/results.md has what has been measured.
 """
 
 import ml_collections
