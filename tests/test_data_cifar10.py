@@ -11,10 +11,10 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import cifar10
 from resnet_jax import data
 
 
@@ -35,12 +35,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def cifar10_config(**overrides):
-  """config.data as configs/default.py has it, with the data directory found above."""
-  config = ml_collections.ConfigDict(dict(
-      dataset='cifar10', data_dir=DATA_DIR, train_split='train', eval_split='test',
-      image_size=32, augment='cifar', pad=4, mean=(125.31, 122.95, 113.87),
-      std=(62.99, 62.09, 66.70), worker_count=0, worker_buffer_size=2, prefetch_to_device=2,
-      crop_fraction=0.875))
+  """config.data as configs/cifar10.py ships it, with the data directory found above."""
+  config = cifar10.get_config().data
+  config.data_dir = DATA_DIR
   config.update(overrides)
   return config
 

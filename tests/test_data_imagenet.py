@@ -4,11 +4,11 @@
 (1,000 classes) through `tfds.data_source`, offline.
 """
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import imagenet
 from resnet_jax import data
 
 NUM_EXAMPLES = 20
@@ -16,12 +16,8 @@ NUM_EXAMPLES = 20
 
 def imagenet_config(**overrides):
   """config.data as configs/imagenet.py sets it, at a small image size for speed."""
-  config = ml_collections.ConfigDict(dict(
-      dataset='imagenet2012', data_dir=None, train_split='train', eval_split='validation',
-      image_size=64, augment='inception', pad=0, mean=(123.675, 116.28, 103.53),
-      std=(58.395, 57.12, 57.375), worker_count=0, worker_buffer_size=2, prefetch_to_device=2,
-      crop_fraction=0.875))
-  config.update(overrides)
+  config = imagenet.get_config().data
+  config.update(dict(image_size=64, worker_count=0, **overrides))
   return config
 
 
