@@ -1,13 +1,22 @@
 """Validates a config before anything compiles, so a typo costs a message, not a traceback.
 
-Every message names the key, the value and what is allowed.
+Every message names the key, the value and what is allowed. resnet_jax.cli loads config files
+and parses command lines with these checks.
 """
 
+import difflib
+import math
+import numbers
+
+import ml_collections
+
+from configs import default
 from resnet_jax import parallel
+from resnet_jax.errors import UserError
 from resnet_jax.train import optim
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value that cannot work."""
 
 
@@ -24,35 +33,150 @@ def _check(ok: bool, key: str, value, requirement: str) -> None:
     raise ConfigError(f'config.{key}={value!r}: {requirement}.')
 
 
+TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string',
+               tuple: "a tuple, e.g. '(1, 2)'"}
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _fits(value, kind) -> bool:
+  """Whether `value` can stand where configs/default.py has a value of type `kind`."""
+  if kind is bool:
+    return isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if kind is float:
+    return _is_number(value)
+  if kind in (tuple, list):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, kind)
+
+
+def _compare(config, reference, prefix: str, missing: list, problems: list) -> None:
+  """Appends the keys of `reference` that `config` lacks to `missing`, other mismatches to
+  `problems`."""
+  missing += [prefix + k for k in reference if k not in config]
+  for key in config:
+    name = prefix + key
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference), 1, 0.75)
+      hint = f' (did you mean {prefix + close[0]}?)' if close else ''
+      problems.append(f'unknown key {name}{hint}')
+      continue
+    value, expected = config[key], reference[key]
+    kind = reference.get_type(key)
+    if isinstance(expected, ml_collections.ConfigDict):
+      if isinstance(value, ml_collections.ConfigDict):
+        _compare(value, expected, name + '.', missing, problems)
+      else:
+        problems.append(f'{name}={value!r} must be a ConfigDict of keys like {", ".join(expected)}')
+    elif value is None:
+      # Placeholders (None in configs/default.py) are optional; nothing else is.
+      if expected is not None:
+        problems.append(f'{name}=None must be {TYPE_NAMES.get(kind, kind.__name__)}')
+    elif not _fits(value, kind):
+      problems.append(f'{name}={value!r} must be {TYPE_NAMES.get(kind, kind.__name__)}, not a '
+                      f'{type(value).__name__}')
+    elif (isinstance(value, (tuple, list)) and expected and all(map(_is_number, expected))
+          and not all(map(_is_number, value))):
+      problems.append(f'{name}={tuple(value)!r} must hold numbers only')
+
+
+def check_structure(config) -> None:
+  """Raises ConfigError unless `config` has exactly the keys of configs/default.py, with values of
+  their types (None only where default.py has a placeholder), so that no later line trips over a
+  missing key or a string where a number belongs."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'the config is a {type(config).__name__}, not an ml_collections.ConfigDict; '
+                      'build it from configs/default.py: config = default.get_config().')
+  missing, problems = [], []
+  _compare(config, default.get_config(), 'config.', missing, problems)
+  if missing:
+    problems.insert(0, f'missing keys {", ".join(missing)}')
+  if missing or any(p.startswith('unknown') for p in problems):
+    problems.append('every key of configs/default.py must be there and no other: start from '
+                    'default.get_config() and override keys (a new key belongs in default.py)')
+  if problems:
+    raise ConfigError('; '.join(problems) + '.')
+
+
+def _non_finite(config, prefix: str = ''):
+  """(key, value) of the first NaN or infinite number anywhere in the config, or None."""
+  for key, value in config.items():
+    name = prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      found = _non_finite(value, name + '.')
+      if found:
+        return found
+    elif any(_is_number(v) and not math.isfinite(v)
+             for v in (value if isinstance(value, (tuple, list)) else (value,))):
+      return name, value
+  return None
+
+
+_POSITIVE = (lambda v: v > 0, 'must be a positive integer')
+_NON_NEGATIVE = (lambda v: v >= 0, 'must be >= 0')
+
+# (key, test, requirement) for the keys that must lie in a range.
+_RANGES = (
+    *((key, *_POSITIVE) for key in (
+        'batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
+        'checkpoint_every_steps', 'keep_checkpoints', 'data.image_size',
+        'data.worker_buffer_size', 'data.read_threads', 'data.read_buffer_size')),
+    *((key, *_NON_NEGATIVE) for key in (
+        'learning_rate', 'warmup_lr', 'weight_decay', 'warmup_steps', 'data.prefetch_to_device')),
+    ('seed', lambda v: 0 <= v < 2**32, 'must be in [0, 2**32)'),
+    ('lr_decay_factor', lambda v: v > 0,
+     'must be > 0 (it multiplies the learning rate at each of lr_boundaries, e.g. 0.1)'),
+    ('momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    ('label_smoothing', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    ('data.pad', lambda v: v >= 0, 'must be >= 0 (pixels of padding before the random crop)'),
+    ('data.crop_fraction', lambda v: 0 < v <= 1,
+     'must be in (0, 1] (the share of the resized image that the eval crop keeps)'),
+    ('data.std', lambda v: all(s > 0 for s in v),
+     'every value must be > 0 (the pixels are divided by it)'),
+    ('data.worker_count', lambda v: v >= 0, 'must be >= 0 (0 loads in the main process)'),
+)
+
+
+def _get(config, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
 def validate(config) -> None:
-  """Raises ConfigError for the first value that is out of range."""
+  """Raises ConfigError for the first value that is missing, of the wrong type or out of range.
+
+  `config` is the final config of a run, with the keys that resnet_jax.recipes derives filled in.
+  """
+  check_structure(config)
+  found = _non_finite(config)
+  if found:
+    _check(False, *found, 'must be a finite number (no inf or nan)')
   _choice(config, 'parallel.backend', parallel.BACKENDS)
   _choice(config, 'optimizer', optim.OPTIMIZERS)
   _choice(config, 'weight_decay_type', optim.WEIGHT_DECAY_TYPES)
   _choice(config, 'lr_schedule', optim.SCHEDULES)
   _choice(config, 'warmup_mode', optim.WARMUP_MODES)
   _choice(config, 'distributed.initialize', ('auto', 'on', 'off'))
-  for key in ('batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-              'checkpoint_every_steps', 'keep_checkpoints'):
-    _check(isinstance(config[key], int) and config[key] > 0, key, config[key],
-           'must be a positive integer')
+  for key, test, requirement in _RANGES:
+    value = _get(config, key)
+    if value is None:
+      raise ConfigError(f'config.{key} is None but must be set: it {requirement}.')
+    _check(test(value), key, value, requirement)
   if config.num_epochs <= 0:
     _check(config.num_train_steps > 0, 'num_train_steps', config.num_train_steps,
            'must be positive (or set config.num_epochs > 0)')
-  _check(config.learning_rate >= 0, 'learning_rate', config.learning_rate, 'must be >= 0')
-  _check(0 <= config.momentum < 1, 'momentum', config.momentum, 'must be in [0, 1)')
-  _check(config.weight_decay >= 0, 'weight_decay', config.weight_decay, 'must be >= 0')
-  _check(0 <= config.label_smoothing < 1, 'label_smoothing', config.label_smoothing,
-         'must be in [0, 1)')
-  _check(config.warmup_steps >= 0, 'warmup_steps', config.warmup_steps, 'must be >= 0')
   boundaries = list(config.lr_boundaries)
   _check(boundaries == sorted(boundaries) and all(b > config.warmup_steps for b in boundaries),
          'lr_boundaries', tuple(boundaries),
          f'must be increasing steps after the warm-up (warmup_steps={config.warmup_steps})')
-  _check(config.data.worker_count >= 0, 'data.worker_count', config.data.worker_count,
-         'must be >= 0 (0 loads in the main process)')
-  _check(config.data.prefetch_to_device >= 0, 'data.prefetch_to_device',
-         config.data.prefetch_to_device, 'must be >= 0')
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  _check(len(mean) == len(std) > 0, 'data.mean', mean,
+         f'needs one value per image channel, as many as config.data.std={std}')
 
 
 def validate_against_dataset(config, info) -> None:

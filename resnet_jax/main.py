@@ -4,28 +4,36 @@ Any key can be overridden on the command line, e.g. `--config.batch_size=256`. R
 command resumes from the newest checkpoint in the workdir.
 """
 
+import functools
 import logging
 import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from resnet_jax import config_check, data, parallel
-from resnet_jax.train import loop
+from resnet_jax import cli, errors, parallel
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard logs.')
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
 
-# Mistakes in the config or the data setup end with this message and exit code 2, not a traceback.
-USER_ERRORS = (config_check.ConfigError, data.DataError, parallel.ParallelError)
+
+def define_flags() -> None:
+  """Defines --config and --workdir.
+
+  The entry point calls this, not the import, so that this module and resnet_jax.summary (which
+  has a --config of its own) import into one process.
+  """
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard '
+                      'logs; required. Rerunning with the same one resumes.')
+  cli.define_config_flag('config', 'Training configuration file, FILE or FILE:ARG; '
+                                  'required. Override any key with --config.KEY=VALUE.')
+  # --helpshort lists the flags of the module that sys.argv[0] names; for the resnet-jax console
+  # script that is the script, not this module.
+  for name in ('config', 'workdir'):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # parse_flags rejects arguments that are no flags.
   config = FLAGS.config
   # orbax and tfds log every file operation through absl's logger at INFO; keep the progress
   # lines of this project (the root logger) readable. --verbosity=1 brings them back.
@@ -35,15 +43,28 @@ def main(argv):
     parallel.initialize_distributed(config.distributed)
     logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                  jax.devices())
-    loop.train_and_evaluate(config, FLAGS.workdir)
-  except USER_ERRORS as e:
+    # Imported only now: a mistake on the command line then fails in a second, before orbax,
+    # tfds and grain load.
+    from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
+    result = loop.train_and_evaluate(config, FLAGS.workdir)
+  except KeyboardInterrupt:  # Ctrl-C before the trainer's own handler was in place.
+    print('error: interrupted before training started; nothing was saved.', file=sys.stderr)
+    sys.exit(130)
+  except (errors.UserError, errors.RunError) as e:
+    # Mistakes and failed runs end with one line and the exception's exit code, not a traceback.
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(e.exit_code)
+  if result.get('stopped'):
+    # Stopped by a signal after saving: exit as schedulers expect (143 for SIGTERM, 130 for
+    # Ctrl-C), never 0, so an unfinished run is never taken for a finished one.
+    sys.exit(128 + result['signal'])
 
 
 def run():
-  """Entry point of the `resnet-jax` console script."""
-  app.run(main)
+  """Entry point of `python -m resnet_jax.main` and of the `resnet-jax` console script."""
+  define_flags()
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                               required=('config', 'workdir')))
 
 
 if __name__ == '__main__':

@@ -24,12 +24,62 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_jax.errors import RunError, UserError
+
 AXIS = 'batch'
 BACKENDS = ('shard_map', 'pmap')
 
 
-class ParallelError(ValueError):
+class ParallelError(UserError, ValueError):
   """A data-parallel setting that cannot work, e.g. a batch that does not split over the devices."""
+
+
+# Where one of these is set, jax.distributed.initialize() finds the coordinator, the process count
+# and this process's id by itself (Cloud TPU pods, SLURM, an explicit JAX_COORDINATOR_ADDRESS).
+CLUSTER_ENV_VARS = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
+                    'JAX_COORDINATOR_ADDRESS')
+_HOW = ('set --config.distributed.coordinator_address=HOST:PORT (process 0\'s) with '
+        '--config.distributed.num_processes=N and --config.distributed.process_id=I on each '
+        'process, or run inside a Cloud TPU pod or SLURM job, which configure themselves')
+
+
+def _should_initialize(cfg, cluster_env: bool) -> bool:
+  """Whether to initialise jax.distributed; raises ParallelError for settings that cannot work,
+  before jax.distributed would fail on them with a traceback or wait for processes that never
+  come."""
+  def fail(message):
+    raise ParallelError(f'config.distributed: {message}.')
+
+  if cfg.initialize not in ('auto', 'on', 'off'):
+    fail(f"initialize={cfg.initialize!r} is not allowed; choose one of ('auto', 'on', 'off')")
+  given = {k: cfg[k] for k in ('coordinator_address', 'num_processes', 'process_id')
+           if cfg[k] is not None}
+  if cfg.initialize == 'off':
+    if given:
+      fail(f"initialize='off' contradicts {', '.join(f'{k}={v!r}' for k, v in given.items())}; "
+           "unset those or set initialize='auto'")
+    return False
+  if not given and not cluster_env:
+    if cfg.initialize == 'on':
+      fail(f"initialize='on' needs a coordinator, but none is configured and this is no cluster "
+           f"environment (none of {', '.join(CLUSTER_ENV_VARS)} is set); {_HOW}")
+    return False
+  address, count, index = cfg.coordinator_address, cfg.num_processes, cfg.process_id
+  if address is not None:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit():
+      fail(f'coordinator_address={address!r} is not HOST:PORT, e.g. host0:1234')
+  if not cluster_env and (address is None or count is None or index is None):
+    missing = [k for k in ('coordinator_address', 'num_processes', 'process_id') if k not in given]
+    fail(f'{", ".join(missing)} missing: outside a cluster environment give all three; {_HOW}')
+  if count is not None and count < 1:
+    fail(f'num_processes={count} must be >= 1')
+  if index is not None and count is None:
+    fail(f'process_id={index} is given without num_processes; give both')
+  if index is not None and not 0 <= index < count:
+    fail(f'process_id={index} is not in [0, num_processes={count}); number the processes 0 to '
+         f'{count - 1}')
+  return True
 
 
 def initialize_distributed(cfg) -> None:
@@ -38,23 +88,25 @@ def initialize_distributed(cfg) -> None:
   cfg is `config.distributed`. 'on' always initialises; 'auto' does when a coordinator address is
   configured or the environment is a Cloud TPU pod or a SLURM job (which
   `jax.distributed.initialize()` then configures by itself). It must run before anything touches
-  a device.
+  a device. Settings that cannot work raise ParallelError before anything waits on them, and a
+  failed start a RunError; both name the keys.
   """
-  if cfg.initialize == 'off':
+  cluster_env = any(k in os.environ for k in CLUSTER_ENV_VARS)
+  if not _should_initialize(cfg, cluster_env):
     return
   explicit = cfg.coordinator_address is not None
-  cluster_env = any(k in os.environ for k in ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
-                                              'SLURM_JOB_ID', 'JAX_COORDINATOR_ADDRESS'))
-  if cfg.initialize != 'on' and not (explicit or cluster_env):
-    return
   if jax.config.jax_platforms in (None, '', 'cpu') and explicit:
     # CPU processes need a collectives implementation to talk to each other (used by the tests).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  kwargs = {}
-  if explicit:
-    kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
-                  process_id=cfg.process_id)
-  jax.distributed.initialize(**kwargs)
+  kwargs = {k: cfg[k] for k in ('coordinator_address', 'num_processes', 'process_id')
+            if cfg[k] is not None}
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:
+    arguments = ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
+    raise RunError(f'jax.distributed.initialize({arguments}) failed: {" ".join(str(e).split())}. '
+                   'Check that every process runs the same command and that process 0 can be '
+                   'reached at the coordinator address.') from e
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

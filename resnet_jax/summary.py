@@ -12,37 +12,49 @@ Everything is computed on abstract shapes: no weights are initialised.
 """
 
 import math
+import sys
 
 from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
+from resnet_jax import cli
+from resnet_jax import errors
 from resnet_jax import models
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'An ml_collections config file; the model is built from config.model and the '
-    'input from config.data.image_size and the number of channels of config.data.mean.')
-_TABLE = flags.DEFINE_bool('table', False, 'Print the parameter-count table of the papers\' nets.')
-_FAMILY = flags.DEFINE_enum('family', 'cifar', tuple(models.FAMILIES), 'Model family.')
-_DEPTH = flags.DEFINE_integer('depth', 20, 'Model depth.')
-_PLACEMENT = flags.DEFINE_enum('placement', 'original', models.PLACEMENTS, 'Activation placement.')
-_SHORTCUT = flags.DEFINE_enum('shortcut', None, models.SHORTCUTS,
-                              'Shortcut option; unset: the family default.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes; unset: the family default.')
-_WIDTH = flags.DEFINE_float('width', 1.0, 'Width multiplier.')
-_DTYPE = flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
-_PARAM_DTYPE = flags.DEFINE_string('param_dtype', 'float32', 'Parameter dtype.')
-_SCAN = flags.DEFINE_bool('scan', None, 'nn.scan over identical units; unset: auto.')
-_REMAT = flags.DEFINE_bool('remat', False, 'Rematerialise units.')
-_ZERO_INIT_LAST = flags.DEFINE_bool('zero_init_last', False, 'Zero-init the last scale of units.')
-_STOCHASTIC_DEPTH = flags.DEFINE_float('stochastic_depth', 0.0, 'Drop rate of the last unit.')
-_RESNET_D = flags.DEFINE_bool('resnet_d', False, 'ResNet-D stem and downsampling (ImageNet).')
-_STRIDE_IN_3X3 = flags.DEFINE_bool('stride_in_3x3', True, 'v1.5 (True) or v1 (False), ImageNet.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input size; unset: 32 cifar, 224 imagenet.')
-_CHANNELS = flags.DEFINE_integer('channels', 3, 'Input channels.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags.
+
+  The entry point defines them, not the import, so that this module and resnet_jax.main (which
+  has a --config of its own) import into one process.
+  """
+  cli.define_config_flag(
+      'config', 'An ml_collections config file; the model is built from config.model and the '
+      'input from config.data.image_size and the number of channels of config.data.mean.')
+  flags.DEFINE_bool('table', False, 'Print the parameter-count table of the papers\' nets.')
+  flags.DEFINE_enum('family', 'cifar', tuple(models.FAMILIES), 'Model family.')
+  flags.DEFINE_integer('depth', 20, 'Model depth.')
+  flags.DEFINE_enum('placement', 'original', models.PLACEMENTS, 'Activation placement.')
+  flags.DEFINE_enum('shortcut', None, models.SHORTCUTS,
+                    'Shortcut option; unset: the family default.')
+  flags.DEFINE_integer('num_classes', None, 'Classes; unset: the family default.')
+  flags.DEFINE_float('width', 1.0, 'Width multiplier.')
+  flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
+  flags.DEFINE_string('param_dtype', 'float32', 'Parameter dtype.')
+  flags.DEFINE_bool('scan', None, 'nn.scan over identical units; unset: auto.')
+  flags.DEFINE_bool('remat', False, 'Rematerialise units.')
+  flags.DEFINE_bool('zero_init_last', False, 'Zero-init the last scale of units.')
+  flags.DEFINE_float('stochastic_depth', 0.0, 'Drop rate of the last unit.')
+  flags.DEFINE_bool('resnet_d', False, 'ResNet-D stem and downsampling (ImageNet).')
+  flags.DEFINE_bool('stride_in_3x3', True, 'v1.5 (True) or v1 (False), ImageNet.')
+  flags.DEFINE_integer('image_size', None, 'Input size; unset: 32 cifar, 224 imagenet.')
+  flags.DEFINE_integer('channels', 3, 'Input channels.')
+
 
 _MODEL_FLAGS = ('family', 'depth', 'placement', 'shortcut', 'num_classes', 'width', 'dtype',
                 'param_dtype', 'scan', 'remat', 'zero_init_last', 'stochastic_depth', 'resnet_d',
@@ -232,42 +244,41 @@ def paper_table(nets=PAPER_NETS):
 
 
 def _model_from_flags():
-  config = _CONFIG.value
+  config = FLAGS.config
   if config is not None:
-    given = [f'--{name}' for name in _MODEL_FLAGS if flags.FLAGS[name].present]
+    given = [f'--{name}' for name in _MODEL_FLAGS if FLAGS[name].present]
     if given:
-      raise app.UsageError(f'{", ".join(given)} cannot be combined with --config; '
-                           'override config keys instead, e.g. --config.model.depth=110')
+      raise errors.UserError(f'{", ".join(given)} cannot be combined with --config; '
+                             'override config keys instead, e.g. --config.model.depth=110')
     kwargs = dict(config.model)
     family = kwargs.pop('family')
     model = models.create_model(family, kwargs.pop('depth'), **kwargs)
-    channels = _CHANNELS.value if flags.FLAGS['channels'].present else (
-        len(config.data.mean) if 'data' in config and 'mean' in config.data else 3)
-    size = _IMAGE_SIZE.value or (
-        config.data.image_size if 'data' in config else DEFAULT_IMAGE_SIZE[family])
+    channels = FLAGS.channels if FLAGS['channels'].present else len(config.data.mean)
+    size = FLAGS.image_size or config.data.image_size
     return model, (size, size, channels), f'{family} ResNet-{config.model.depth}'
   model = models.create_model(
-      _FAMILY.value, _DEPTH.value, placement=_PLACEMENT.value, shortcut=_SHORTCUT.value,
-      num_classes=_NUM_CLASSES.value, width=_WIDTH.value, dtype=_DTYPE.value,
-      param_dtype=_PARAM_DTYPE.value, scan=_SCAN.value, remat=_REMAT.value,
-      zero_init_last=_ZERO_INIT_LAST.value, stochastic_depth=_STOCHASTIC_DEPTH.value,
-      resnet_d=_RESNET_D.value, stride_in_3x3=_STRIDE_IN_3X3.value)
-  size = _IMAGE_SIZE.value or DEFAULT_IMAGE_SIZE[_FAMILY.value]
-  return model, (size, size, _CHANNELS.value), f'{_FAMILY.value} ResNet-{_DEPTH.value}'
+      FLAGS.family, FLAGS.depth, placement=FLAGS.placement, shortcut=FLAGS.shortcut,
+      num_classes=FLAGS.num_classes, width=FLAGS.width, dtype=FLAGS.dtype,
+      param_dtype=FLAGS.param_dtype, scan=FLAGS.scan, remat=FLAGS.remat,
+      zero_init_last=FLAGS.zero_init_last, stochastic_depth=FLAGS.stochastic_depth,
+      resnet_d=FLAGS.resnet_d, stride_in_3x3=FLAGS.stride_in_3x3)
+  size = FLAGS.image_size or DEFAULT_IMAGE_SIZE[FLAGS.family]
+  return model, (size, size, FLAGS.channels), f'{FLAGS.family} ResNet-{FLAGS.depth}'
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _TABLE.value:
+  del argv  # parse_flags rejects arguments that are no flags.
+  if FLAGS.table:
     print(paper_table())
     return
   try:
     model, image_shape, title = _model_from_flags()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  except (ValueError, errors.UserError) as e:  # create_model's ValueErrors name the argument.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(errors.UserError.exit_code)
   print(model_summary(model, image_shape, title))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,5 +1,6 @@
 """Running the trainer's command line in a subprocess, as a user would."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -52,3 +53,100 @@ def assert_trees_equal(a, b) -> None:
   assert tree_a == tree_b
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# Imports what the command lines import (not the command lines themselves, which run as __main__)
+# once, then forks a child per command line. JAX starts no thread before its first device is
+# used, so each child starts as cleanly as `python -m`.
+_FORKED_RUNS = r"""
+import json, os, runpy, sys, tempfile, traceback
+import resnet_jax.config_check, resnet_jax.train.loop
+
+def run(module, args, extra_env):
+  with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    pid = os.fork()
+    if pid == 0:
+      code = 1
+      try:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        os.environ.update(extra_env)
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name='__main__', alter_sys=True)
+        code = 0
+      except SystemExit as e:
+        if isinstance(e.code, str):
+          print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+      except BaseException:
+        traceback.print_exc()
+      finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    out.seek(0)
+    err.seek(0)
+    return [code, out.read().decode(errors='replace'), err.read().decode(errors='replace')]
+
+json.dump([run(*command) for command in json.load(sys.stdin)], sys.stdout)
+"""
+
+
+def run_modules(commands, devices=1, timeout=600) -> list[subprocess.CompletedProcess]:
+  """Runs each `(module, args, extra_env)` as `python -m module *args` would, from the repository
+  root, and returns what each returned and printed.
+
+  One interpreter imports JAX and the trainer once and forks a child per command, so a table of
+  command lines that fail before training costs a second, not an import of JAX each.
+  """
+  commands = [(module, [str(a) for a in args], dict(extra_env or {}))
+              for module, args, extra_env in commands]
+  driver = subprocess.run([sys.executable, '-c', _FORKED_RUNS], input=json.dumps(commands),
+                          cwd=ROOT, env=env(devices), capture_output=True, text=True,
+                          timeout=timeout)
+  assert driver.returncode == 0, driver.stderr[-3000:]
+  return [subprocess.CompletedProcess([module, *args], code, stdout, stderr)
+          for (module, args, _), (code, stdout, stderr)
+          in zip(commands, json.loads(driver.stdout))]
+
+
+def workdir_files(workdir) -> list[str]:
+  """What a run wrote to `workdir`; the run's lock file, taken before the data is read, aside."""
+  root = pathlib.Path(workdir)
+  return sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.name != '.lock')
+
+
+def shared_tfds_dataset(name: str = 'cifar10', version: str = '3.0.2') -> pathlib.Path | None:
+  """The prepared dataset under TFDS_DATA_DIR (tests/conftest.py points it at ../shared), or
+  None."""
+  path = pathlib.Path(os.environ.get('TFDS_DATA_DIR', '/nonexistent')) / name / version
+  return path if (path / 'dataset_info.json').exists() else None
+
+
+def tfds_copy(source: pathlib.Path, data_dir: pathlib.Path) -> pathlib.Path:
+  """A copy of the dataset version directory `source` under `data_dir` (<data_dir>/<name>/<version>)
+  made of symbolic links, so a test damages one file of it without copying the rest or touching
+  the original: damage a file by unlinking it and writing a new one."""
+  target = data_dir / source.parent.name / source.name
+  target.mkdir(parents=True)
+  for path in source.iterdir():
+    (target / path.name).symlink_to(path)
+  return target
+
+
+def damage(version_dir: pathlib.Path, kind: str, filename: str) -> pathlib.Path:
+  """Damages `filename` in a tfds_copy: 'delete', 'truncate' (to its first half), 'garbage'
+  (random bytes) or 'empty'. Returns its path."""
+  path = version_dir / filename
+  original = path.resolve()
+  path.unlink()  # Never write through the link into the shared data.
+  if kind == 'truncate':
+    path.write_bytes(original.read_bytes()[:original.stat().st_size // 2])
+  elif kind == 'garbage':
+    path.write_bytes(np.random.default_rng(0).bytes(min(original.stat().st_size, 1 << 20)))
+  elif kind == 'empty':
+    path.write_bytes(b'')
+  elif kind != 'delete':
+    raise ValueError(kind)
+  return path

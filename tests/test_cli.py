@@ -62,3 +62,23 @@ def test_a_relative_workdir_trains_and_checkpoints(tmp_path):
       cwd=tmp_path, env=helpers.env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert helpers.checkpoint_steps(tmp_path / 'runs' / 'rel') == [2, 4]
+
+
+def test_every_module_imports_into_one_process_and_leaves_jax_config_alone():
+  # Flags are defined by the entry points, not on import, so resnet_jax.main and
+  # resnet_jax.summary (each with a --config) import side by side, e.g. into a notebook.
+  code = (
+      'import importlib, pkgutil, jax\n'
+      'from absl import flags\n'
+      'import resnet_jax\n'
+      'before = dict(jax.config.values)\n'
+      "names = [m.name for m in pkgutil.walk_packages(resnet_jax.__path__, 'resnet_jax.')]\n"
+      'for name in names:\n'
+      '  importlib.import_module(name)\n'
+      "assert {'resnet_jax.main', 'resnet_jax.summary'} <= set(names), names\n"
+      "print('changed:', {k: v for k, v in jax.config.values.items() if before.get(k) != v})\n"
+      "print('flags:', sorted({'config', 'workdir', 'table'} & set(flags.FLAGS)))\n")
+  result = subprocess.run([sys.executable, '-c', code], cwd=helpers.ROOT, env=helpers.env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'changed: {}' in result.stdout and 'flags: []' in result.stdout, result.stdout

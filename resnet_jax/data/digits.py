@@ -12,7 +12,7 @@ import numpy as np
 from sklearn import datasets
 import tensorflow_datasets as tfds
 
-from resnet_jax.data.errors import DataError
+from resnet_jax.data.errors import DataError, empty_split_message
 
 NUM_TRAIN = 1437
 NUM_CLASSES = 10
@@ -56,7 +56,10 @@ class DigitsSource:
   def __init__(self, split):
     self.split = split
     data = _load()
-    parts = _split_indices(split, {name: len(x) for name, (x, _) in data.items()})
+    sizes = {name: len(x) for name, (x, _) in data.items()}
+    parts = _split_indices(split, sizes)
+    if not sum(len(idx) for _, idx in parts):
+      raise DataError(empty_split_message('digits', split, sizes))
     self._images = np.concatenate([data[name][0][idx] for name, idx in parts])
     self._labels = np.concatenate([data[name][1][idx] for name, idx in parts])
 

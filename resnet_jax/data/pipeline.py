@@ -25,7 +25,8 @@ from tensorflow_datasets.core import file_adapters
 
 from resnet_jax.data import augment
 from resnet_jax.data import digits
-from resnet_jax.data.errors import DataError
+from resnet_jax.data import integrity
+from resnet_jax.data.errors import DataError, empty_split_message
 
 AUGMENTATIONS = ('cifar', 'shift', 'inception', 'none')
 
@@ -68,22 +69,43 @@ def _tfrecord_message(name, data_dir, searched):
 
 
 def _open_tfds(name, split, data_dir):
+  # Read before tfds does: tfds reports a broken dataset_info.json as a JSON or protobuf traceback.
+  integrity.check_dataset_info(name, data_dir)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(
         f"Unknown dataset {name!r}: it is neither 'digits' nor a tfds dataset name."
     ) from None
-  except (NotImplementedError, ValueError, KeyError, OSError) as e:
-    # tfds reports a missing dataset as "tfrecord is not supported" or as a KeyError on its
-    # empty split table, depending on data_dir: look at the directory to say what is wrong.
+  except Exception as e:  # pylint: disable=broad-except  # Diagnosed below, as one line.
+    raise _open_error(name, split, data_dir, e) from e
+
+
+def _open_error(name, split, data_dir, error):
+  """Why tfds could not open `split`: a DataError that says what to do."""
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())
+  try:
     builder = tfds.builder(name, data_dir=data_dir)
     root = builder._data_dir_root  # pylint: disable=protected-access
-    if not builder.is_prepared():
-      raise DataError(_missing_message(name, root, builder.data_dir)) from e
-    if not builder.info.available_file_formats() & file_adapters.FileFormat.with_random_access():
-      raise DataError(_tfrecord_message(name, root, builder.data_dir)) from e
-    raise DataError(f'Cannot read split {split!r} of dataset {name!r}: {e}') from e
+    prepared = builder.is_prepared()
+  except Exception:  # pylint: disable=broad-except  # tfds cannot even read its metadata.
+    found = integrity.find_dataset_dir(name, data_dir)
+    return DataError(f'Cannot open dataset {name!r}{f" in {found[1]}" if found else ""} '
+                     f'({reason}). {integrity.rebuild_hint(name, data_dir)}')
+  # tfds reports a missing dataset as "tfrecord is not supported" or as a KeyError on its
+  # empty split table, depending on data_dir: look at the directory to say what is wrong.
+  if not prepared:
+    return DataError(_missing_message(name, root, builder.data_dir))
+  if not builder.info.available_file_formats() & file_adapters.FileFormat.with_random_access():
+    return DataError(_tfrecord_message(name, root, builder.data_dir))
+  sizes = {n: s.num_examples for n, s in builder.info.splits.items()}
+  try:
+    selected = builder.info.splits[split].num_examples
+  except Exception:  # pylint: disable=broad-except  # A bad split string: tfds's reason says so.
+    selected = None
+  if selected == 0:
+    return DataError(empty_split_message(name, split, sizes))
+  return DataError(f'Cannot read split {split!r} of dataset {name!r} (splits: {sizes}): {reason}')
 
 
 class TfdsSource:
@@ -98,6 +120,10 @@ class TfdsSource:
 
   def __len__(self):
     return len(self._source)
+
+  def check_files(self):
+    """Raises DataError unless every shard of the split is on disk and whole."""
+    integrity.check_shards(self._source.dataset_info, self.split)
 
   def __getitem__(self, index):
     record = self._source[index]
@@ -206,10 +232,14 @@ def _shard_options(global_batch_size, process_index, process_count):
 def dataset_info(config):
   """Sizes of the configured splits and the shape of the preprocessed images.
 
-  Also checks the data config, so a bad one fails here, before anything compiles.
+  Also checks the data config and the data, so a bad one fails here, before anything compiles:
+  both splits must hold examples, every shard they read must be on disk and whole, and their
+  first and last examples must decode.
   """
   train, test = open_source(config, config.train_split), open_source(config, config.eval_split)
   _check(config, train)
+  for source in (train, test):
+    _check_readable(config, source)
   channels = train.image_shape[-1]
   return DatasetInfo(
       num_classes=train.num_classes,
@@ -217,6 +247,20 @@ def dataset_info(config):
       num_train=len(train),
       num_eval=len(test),
   )
+
+
+def _check_readable(config, source):
+  if isinstance(source, TfdsSource):
+    source.check_files()
+  for index in (0, len(source) - 1):
+    try:
+      source[index]
+    except Exception as e:  # pylint: disable=broad-except  # Whatever the decoder raises.
+      reason = ' '.join(f'{type(e).__name__}: {e}'.split())
+      raise DataError(
+          f'Example {index} of split {source.split!r} of {config.dataset!r} cannot be read '
+          f'({reason}). {integrity.rebuild_hint(config.dataset, config.data_dir)}'
+      ) from None
 
 
 def create_train_iterator(config, *, global_batch_size, seed, process_index=None,

@@ -1,0 +1,166 @@
+"""The command lines' shared parts: `--config=FILE[:ARG]` loading and flag parsing.
+
+resnet_jax.main and resnet_jax.summary load their config files and parse their flags here, so that
+a missing or broken config file, an unknown key or a bad value ends in one line naming the file,
+flag or key (exit code 2), not in a traceback or a dump of every flag.
+"""
+
+import difflib
+import importlib.machinery
+import importlib.util
+import inspect
+import os
+import re
+import sys
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax.config_check import TYPE_NAMES, ConfigError, check_structure
+from resnet_jax.errors import UserError
+
+
+def _similar_file(path: str) -> str:
+  folder, name = os.path.split(path)
+  names = os.listdir(folder or '.') if os.path.isdir(folder or '.') else []
+  files = [n for n in names if n != name and os.path.isfile(os.path.join(folder, n))]
+  close = difflib.get_close_matches(name, files, 1, 0.75)
+  return f'; did you mean {os.path.join(folder, close[0])}?' if close else '.'
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`FILE[:ARG]` -> the ConfigDict that FILE's `get_config(ARG)` returns, checked against
+  configs/default.py; any failure is a ConfigError that names the file and the argument."""
+  path, has_arg, arg = spec.partition(':')
+  flag = f'--config={spec}'
+  if not os.path.isfile(path):
+    problem = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise ConfigError(f'{flag}: the config file {path!r} {problem} (relative to {os.getcwd()})'
+                      f'{_similar_file(path)} Give a config file, e.g. '
+                      '--config=configs/quickstart.py.')
+  # Any file name is loaded as Python source, as ml_collections does.
+  loader = importlib.machinery.SourceFileLoader('config_file', path)
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+  try:
+    loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f'{flag}: {path} has a syntax error on line {e.lineno}: {e.msg}.') from None
+  except Exception as e:  # A config file is user code: whatever it raises is one line.
+    raise ConfigError(f'{flag}: loading {path} raised {type(e).__name__}: {e}') from None
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise ConfigError(f'{flag}: {path} defines no get_config() function; a config file returns '
+                      'its ConfigDict from get_config(), as configs/quickstart.py does.')
+  args = (arg,) if has_arg else ()
+  try:
+    inspect.signature(get_config).bind(*args)
+  except TypeError:
+    if has_arg:
+      raise ConfigError(f'{flag}: {path} takes no argument, but ":{arg}" gives it one; drop '
+                        f'":{arg}" and override keys with --config.KEY=VALUE instead.') from None
+    raise ConfigError(f'{flag}: {path} needs an argument: --config={path}:ARG (its docstring '
+                      'says which).') from None
+  call = f'get_config({arg!r})' if has_arg else 'get_config()'
+  try:
+    config = get_config(*args)
+  except Exception as e:  # Bad arguments raise ValueError, but any error in user code counts.
+    raise ConfigError(f'{flag}: {call} of {path} raised {type(e).__name__}: {e}') from None
+  try:
+    check_structure(config)
+  except ConfigError as e:
+    raise ConfigError(f'{flag}: {call} of {path} returns a config that cannot work: {e}') from None
+  return config
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """`--config=FILE[:ARG]` through load_config. It keeps the config, whose keys explain an
+  override that ml_collections rejects with a KeyError."""
+
+  config = None
+
+  def parse(self, argument):
+    type(self).config = load_config(argument)
+    return self.config.lock()
+
+  def flag_type(self):
+    return 'config object'
+
+
+def define_config_flag(name: str, help_string: str):
+  """`config_flags.DEFINE_config_file(name)`, loading the file with load_config's messages."""
+  holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  flags.FLAGS[name].parser = _ConfigFileParser()
+  return holder
+
+
+def _override_error(argv, error: Exception) -> ConfigError | None:
+  """Explains an override `--config.KEY=VALUE` that ml_collections rejected, from the keys and
+  types of the loaded config; None if every KEY exists and `error` is no bad VALUE of one."""
+  config = _ConfigFileParser.config
+  if config is None:
+    return None
+  for arg in argv[1:]:
+    match = re.match(r'--?(?:no)?config\.([^=]+)(?:=(.*))?$', arg, re.S)
+    if not match:
+      continue
+    key, value = match.groups()
+    node, path = config, 'config'
+    for part in key.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return ConfigError(f'{arg}: {path} is a value, not a group of keys; override it '
+                           f'as --{path}=VALUE.')
+      if part not in node:
+        close = difflib.get_close_matches(part, list(node), 1, 0.75)
+        hint = f'; did you mean --{path}.{close[0]}?' if close else '.'
+        return ConfigError(f'{arg}: {path} has no key {part!r}{hint} configs/default.py lists '
+                           'every key.')
+      parent, node, path = node, node[part], f'{path}.{part}'
+    if isinstance(node, ml_collections.ConfigDict):
+      return ConfigError(f'{arg}: {path} is a group of keys, not a value; override one of '
+                         f'them ({", ".join(node)}) as --{path}.KEY=VALUE.')
+    if (isinstance(error, flags.IllegalFlagValueError)
+        and str(error).startswith(f'flag --{path}=')):
+      kind = parent.get_type(part)
+      wanted = TYPE_NAMES.get(kind, f'a {kind.__name__}')
+      return ConfigError(f'{arg}: {path} takes {wanted}, and {value!r} is not one.')
+  return None
+
+
+def _user_error(error: Exception, argv) -> UserError:
+  cause = error
+  while cause is not None:  # absl wraps load_config's ConfigError in IllegalFlagValueError.
+    if isinstance(cause, UserError):
+      return cause
+    cause = cause.__cause__ or cause.__context__
+  explained = _override_error(argv, error)
+  if explained:
+    return explained
+  message = ' '.join(str(error).split())
+  if isinstance(error, flags.Error):
+    return UserError(f'{message}; --helpshort lists the flags.')
+  return UserError(f'cannot parse the command line: {type(error).__name__}: {message}')
+
+
+def parse_flags(argv: list[str], required: tuple[str, ...] = ()) -> list[str]:
+  """Parses absl's flags.FLAGS for `app.run(main, flags_parser=...)`.
+
+  Like absl's own parser, it ends the process on a mistake, but with one line `error: ...` and
+  exit code 2 instead of a traceback (ml_collections' KeyError for an unknown key) or a dump of
+  every flag. A `required` flag that is missing or an argument that is no flag is a mistake too.
+  """
+  try:
+    try:
+      rest = flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _user_error(e, argv) from None
+    missing = [f'--{name}' for name in required if flags.FLAGS[name].value is None]
+    if missing:
+      raise UserError(f'{" and ".join(missing)} must be given; --helpshort lists the flags.')
+    if len(rest) > 1:
+      raise UserError(f'unexpected arguments {rest[1:]}: every argument is a flag, '
+                      '--name=value; --helpshort lists them.')
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(e.exit_code)
+  return rest
