@@ -86,18 +86,35 @@ def get_config():
   config.lr_decay_factor = 0.1
   # If True, learning_rate is multiplied by batch_size / 256 (Goyal et al. 2017).
   config.scale_lr_by_batch = False
-  config.warmup_steps = 0
-  # 'linear' ramps from 0 to learning_rate; 'constant' holds warmup_lr (He et al. 2015, ResNet-110).
-  config.warmup_mode = 'linear'
+  # The warm-up keys left at None are derived from the final config at train time, after every
+  # override, by resnet_jax.recipes.finalize; a value set in a config or on the command line wins.
+  # recipe: '2015' (He et al. 2015, Sec. 4.2: ResNet-110 and deeper hold warmup_lr for 400
+  # steps), '2016' (Identity Mappings: every depth does), 'auto' ('2016' for the pre-activation
+  # placements, else '2015') or 'none'.
+  config.recipe = 'auto'
+  # None: warmup_epochs in steps if that is > 0, else the recipe's 400 or 0.
+  config.warmup_steps = ml_collections.config_dict.placeholder(int)
+  config.warmup_epochs = 0.0
+  # 'linear' ramps from 0 to learning_rate; 'constant' holds warmup_lr. None: 'constant' where
+  # the recipe warms up, else 'linear'.
+  config.warmup_mode = ml_collections.config_dict.placeholder(str)
   config.warmup_lr = 0.01
   config.label_smoothing = 0.0
 
   # Bookkeeping, in steps.
   config.log_every_steps = 100
   config.eval_every_steps = 2_000
+  # If > 0, eval_every_epochs wins over eval_every_steps, as num_epochs does over num_train_steps.
+  config.eval_every_epochs = 0.0
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 3
   config.keep_best_checkpoint = True
+  # A rerun in a workdir must have the config of the run there, except for the keys that do not
+  # change the result (resnet_jax/train/workdir.py); True continues it with a changed config.
+  config.allow_config_change = False
+  # A non-finite loss or gradient stops the run before it is saved; True skips such steps
+  # (parameters, optimiser state and BN statistics unchanged) and counts them in the metrics.
+  config.skip_nonfinite_updates = False
 
   # Parallelism over all devices of all processes.
   config.parallel = ml_collections.ConfigDict()

@@ -29,7 +29,10 @@ def get_config():
   config.eval_batch_size = 360
   config.num_train_steps = 600
   config.lr_boundaries = (400, 500)
+  # The numbers are set here, not derived from a paper's recipe (resnet_jax.recipes).
+  config.recipe = 'none'
   config.warmup_steps = 50
+  config.warmup_mode = 'linear'
   config.log_every_steps = 50
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200

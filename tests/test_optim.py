@@ -7,11 +7,12 @@ import optax
 import pytest
 
 from configs import cifar10, default, imagenet
+from resnet_jax import recipes
 from resnet_jax.train import optim
 
 
 def test_2016_cifar_schedule_warms_up_at_001_then_divides_by_10_at_32k_and_48k():
-  config = cifar10.get_config('depth=164,placement=full_preact')
+  config = recipes.finalize(cifar10.get_config('depth=164,placement=full_preact'))
   schedule = optim.create_learning_rate_schedule(config, 64_000)
   lr = {s: float(schedule(s)) for s in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)}
   assert lr == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31_999: 0.1, 32_000: 0.01,
@@ -19,14 +20,15 @@ def test_2016_cifar_schedule_warms_up_at_001_then_divides_by_10_at_32k_and_48k()
 
 
 def test_2015_resnet20_has_no_warmup_and_resnet110_does():
-  assert cifar10.get_config('depth=20').warmup_steps == 0
-  assert float(optim.create_learning_rate_schedule(cifar10.get_config('depth=20'), 64_000)(0)) == pytest.approx(0.1)
-  config = cifar10.get_config('depth=110')
+  config = recipes.finalize(cifar10.get_config('depth=20'))
+  assert config.warmup_steps == 0
+  assert float(optim.create_learning_rate_schedule(config, 64_000)(0)) == pytest.approx(0.1)
+  config = recipes.finalize(cifar10.get_config('depth=110'))
   assert (config.warmup_steps, config.warmup_mode, config.warmup_lr) == (400, 'constant', 0.01)
 
 
 def test_imagenet_lr_scales_with_batch_and_follows_linear_warmup_then_cosine():
-  config = imagenet.get_config('depth=50')
+  config = recipes.finalize(imagenet.get_config('depth=50'))
   total = optim.num_train_steps(config, 1_281_167)
   assert total == 90 * 1_281_167 // 1024
   schedule = optim.create_learning_rate_schedule(config, total)
@@ -37,6 +39,12 @@ def test_imagenet_lr_scales_with_batch_and_follows_linear_warmup_then_cosine():
   assert float(schedule(w)) == pytest.approx(peak, rel=1e-6)
   assert float(schedule(w + (total - w) // 2)) == pytest.approx(peak / 2, rel=1e-3)
   assert float(schedule(total)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_schedule_needs_the_finalised_config():
+  # The warm-up of the 2015 recipe depends on the final depth; only finalize derives it.
+  with pytest.raises(ValueError, match=r'config\.warmup_steps is None: .*recipes\.finalize'):
+    optim.create_learning_rate_schedule(cifar10.get_config('depth=110'), 64_000)
 
 
 def test_decay_mask_keeps_bn_and_biases_out():

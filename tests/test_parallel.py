@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from resnet_jax import models, parallel
+from resnet_jax import models, parallel, recipes
 from resnet_jax.train import optim, step as step_lib
 from resnet_jax.train.state import create_train_state
 
@@ -37,6 +37,7 @@ def _train(backend, num_devices, sync_batch_stats=True):
   # A moderate step keeps float32 reduction-order noise from being amplified through BN's
   # backward pass over a few steps; the comparison then holds to a tight tolerance.
   config.learning_rate = 0.02
+  config = recipes.finalize(config)
   par = parallel.DataParallel(backend, jax.devices()[:num_devices])
   model = models.create_model('cifar', 20, placement='full_preact',
                               axis_name=parallel.AXIS if sync_batch_stats else None)

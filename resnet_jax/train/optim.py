@@ -25,8 +25,14 @@ def create_learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   """Warm-up followed by the main schedule; boundaries are absolute step numbers.
 
   The 'constant' warm-up holds warmup_lr, as He et al. 2015 (Sec. 4.2) do for ResNet-110 and
-  He et al. 2016 for all CIFAR nets: lr 0.01 for the first 400 iterations, then 0.1.
+  He et al. 2016 for all CIFAR nets: lr 0.01 for the first 400 iterations, then 0.1. `config`
+  must be finalised (resnet_jax.recipes.finalize), so the warm-up is the final config's.
   """
+  for key in ('warmup_steps', 'warmup_mode'):
+    if config[key] is None:
+      # Deriving it here would be a second place that does so; the trainer finalises once.
+      raise ValueError(f'config.{key} is None: it is derived from the recipe by '
+                       'resnet_jax.recipes.finalize(config), which must run first.')
   lr = base_learning_rate(config)
   warmup = config.warmup_steps
   if config.lr_schedule == 'piecewise':
