@@ -6,29 +6,40 @@ needs no TensorFlow (clu's metric writers import it).
 """
 
 import json
+import logging
 import math
 import os
 import time
 
 import numpy as np
 
+METRICS_FILE = 'metrics.jsonl'
+
 
 class MetricWriter:
-  """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  `resume_step`: the step the run restarts from. Records after it were written by the attempt that
+  was interrupted and are dropped (the resumed run writes them again), so the file never holds a
+  step twice; TensorBoard is told the same through its `purge_step`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    path = os.path.join(workdir, METRICS_FILE)
+    _truncate(path, resume_step)
+    self._jsonl = open(path, 'a')
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                             purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
-    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    scalars = {k: v if isinstance(v, int) else float(np.asarray(v)) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
     self._jsonl.flush()
     for k, v in scalars.items():
@@ -41,13 +52,52 @@ class MetricWriter:
       self._tb.close()
 
 
+def _parse(lines, path):
+  """The records of metrics.jsonl lines; a torn line (a crash mid-write) is skipped, with a warning."""
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if not isinstance(record, dict) or not isinstance(record.get('step'), int):
+      logging.warning('%s line %d is not a complete record (a crash while writing it?); '
+                      'skipping it: %.80r', path, number, line)
+      continue
+    records.append(record)
+  return records
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of metrics.jsonl, in order (a resumed run appends to the same file)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  """The records of metrics.jsonl, in order."""
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return _parse(f, path)
+
+
+def _truncate(path: str, last_step: int) -> None:
+  """Keeps the complete records up to `last_step`, atomically; torn lines go too."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  records = _parse(lines, path)
+  keep = [r for r in records if r['step'] <= last_step]
+  if len(keep) == len(lines) and all(line.endswith('\n') for line in lines):
+    return
+  if len(keep) < len(records):
+    logging.info('%s: dropping %d records after step %d, written by the interrupted attempt.',
+                 path, len(records) - len(keep), last_step)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in keep)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 class Progress:
@@ -58,6 +108,10 @@ class Progress:
     self.global_batch = global_batch
     self._last_step = first_step
     self._last_time = time.perf_counter()
+
+  def restart(self, step: int) -> None:
+    """Measures from now on: call it after the first step, whose time is mostly compilation."""
+    self._last_step, self._last_time = step, time.perf_counter()
 
   def line(self, step: int, loss: float, lr: float) -> str:
     now = time.perf_counter()

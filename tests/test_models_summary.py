@@ -17,7 +17,7 @@ def _run(*args):
 
 
 def test_summary_from_create_model_flags():
-  result = _run('--family=cifar', '--depth=110', '--placement=full_preact')
+  result = _run('--family=cifar', '--depth=110', '--placement=full_preact', '--scan=true')
   assert result.returncode == 0, result.stderr
   out = result.stdout
   # Units 2..18 of each stage share one row: one scanned module.

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from resnet_jax.metrics import read_metrics
 from tests import helpers
 
 STEPS = 160
@@ -39,14 +40,15 @@ def _interrupt(workdir, sig):
   return proc.returncode, proc.stderr.read()
 
 
-@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM], ids=['SIGKILL', 'SIGTERM'])
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGKILL', 'SIGTERM', 'SIGINT'])
 def test_resumed_run_is_bit_exact(tmp_path, uninterrupted, sig):
   code, stderr = _interrupt(tmp_path, sig)
   interrupted_at = helpers.checkpoint_steps(tmp_path)[-1]
   assert interrupted_at < STEPS, 'the run finished before the signal: nothing was tested'
-  if sig == signal.SIGTERM:
-    # SIGTERM saves the step it was on, then exits cleanly.
-    assert code == 0, stderr[-3000:]
+  if sig != signal.SIGKILL:
+    # SIGTERM and Ctrl-C save the step they were on, then exit with 128 + the signal.
+    assert code == 128 + sig, stderr[-3000:]
     assert 'Stopped at step' in stderr
     assert not (tmp_path / 'summary.json').exists()  # An unfinished run claims no result.
   else:
@@ -57,3 +59,6 @@ def test_resumed_run_is_bit_exact(tmp_path, uninterrupted, sig):
   step, state = helpers.final_params(tmp_path)
   assert step == STEPS == uninterrupted[0]
   helpers.assert_trees_equal(state, uninterrupted[1])
+  # The records of the interrupted attempt after its checkpoint were dropped, not repeated.
+  records = [(r['step'], 'eval/accuracy' in r) for r in read_metrics(tmp_path)]
+  assert len(records) == len(set(records))

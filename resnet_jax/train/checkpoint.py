@@ -1,69 +1,285 @@
-"""Checkpoints through orbax's CheckpointManager: train state plus the data iterator's position.
+"""Checkpoints through orbax's CheckpointManager: train state, data iterator position and config.
 
-Saving both is what makes resume exact: the restored run sees the same next batch, the same
-augmentation draws (grain derives them from the record index) and the same RNG stream (the state
-holds the key, and steps fold in their number) as the run that was interrupted.
+Saving the state and the iterator is what makes resume exact: the restored run sees the same next
+batch, the same augmentation draws (grain derives them from the record index) and the same RNG
+stream (the state holds the key, and steps fold in their number) as the run that was interrupted.
+The config beside them says which run wrote them.
+
+Nothing a run has saved is lost to a fault:
+* an unreadable checkpoint is moved aside to `corrupt-<step>/`, never deleted, and only once an
+  older one has been restored (if none can be, nothing is touched);
+* a checkpoint that does not fit the model is a mismatch, reported as such, not corruption;
+* a save that fails (a full disk) is reported at once, and the saved checkpoints stay;
+* the best checkpoint is chosen from the eval records (`metrics.jsonl`), which survive restarts.
 """
 
+import dataclasses
 import logging
-from typing import Any
+import os
+import shutil
+from typing import Any, Sequence
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from resnet_jax.errors import RunError, UserError
+from resnet_jax.train import workdir as workdir_lib
+
+
+class CheckpointMismatch(UserError):
+  """A checkpoint written by another config or model than this run's."""
+
+
+class CheckpointError(RunError):
+  """No checkpoint can be restored, or one could not be saved."""
+
+
+@dataclasses.dataclass
+class _StepInfo:
+  """What the preservation policies used here read of a checkpoint."""
+  step: int
+  metrics: dict | None = None
+  time: Any = None
+
+
+@dataclasses.dataclass
+class PreserveBest:
+  """An orbax preservation policy that keeps the checkpoint of the best eval so far.
+
+  orbax's BestN reads the metrics that `save()` stores, but those exist only when eval runs
+  before the save, and a run saves first so that a failing eval loses nothing. The best step is
+  therefore told to this policy after each eval, and at start-up from the eval records.
+  """
+  best_step: int | None = None
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context=None) -> Sequence[bool]:
+    return [c.step == self.best_step for c in checkpoints]
+
+
+class _OrbaxErrorFilter(logging.Filter):
+  """Keeps orbax's background-thread tracebacks of a failed save out of the log.
+
+  A failed save is reported once, by `Checkpointer.poll`, in one line; orbax would log the same
+  error from every writer thread. The first message is kept for that line.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.first_error = None
+
+  def filter(self, record):
+    if record.levelno >= logging.ERROR and 'orbax' in record.pathname:
+      if self.first_error is None:
+        self.first_error = record.getMessage().splitlines()[0]
+        if record.exc_info and record.exc_info[1] is not None:
+          self.first_error = str(record.exc_info[1]).splitlines()[0]
+      return False
+    return True
+
+
+def _leaves_by_name(tree) -> dict:
+  """{'params/stem/conv/kernel': leaf}: the same names for a TrainState and its saved dict."""
+  def name(path):
+    return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+  return {name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 class Checkpointer:
   """Keeps the last `keep` checkpoints, plus the best one by eval accuracy if `keep_best`."""
 
   def __init__(self, directory: str, keep: int = 3, keep_best: bool = True):
-    policies = [checkpoint_managers.LatestN(keep)]
-    if keep_best:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m['eval/accuracy'], n=1, keep_checkpoints_without_metrics=False))
+    self.directory = directory
+    self.best = PreserveBest()
+    self.preservation = checkpoint_managers.AnyPreservationPolicy(
+        [checkpoint_managers.LatestN(keep)] + ([self.best] if keep_best else []))
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        preservation_policy=self.preservation,
         # Saves are started by the loop at the steps it chooses, never skipped by orbax.
         save_decision_policy=checkpoint_managers.ContinuousCheckpointingPolicy(),
         create=True)
-    self.manager = ocp.CheckpointManager(directory, options=options,
-                                         item_names=('state', 'data'))
+    self.manager = ocp.CheckpointManager(
+        directory, options=options, item_names=('state', 'data', 'config'),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()})
+    self._pending = None
+    self._errors = _OrbaxErrorFilter()
+    logging.getLogger('absl').addFilter(self._errors)
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator, eval_metrics: dict | None = None) -> None:
+  def save(self, step: int, state: Any, data_iterator, config: dict) -> None:
     """Starts an asynchronous save; `state` must be replicated global arrays."""
+    self.poll()
+    self._check_space(step, sum(x.nbytes for x in jax.tree.leaves(state)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iterator))
-    self.manager.save(step, args=args, metrics=eval_metrics, force=True)
+                              data=grain.checkpoint.CheckpointSave(data_iterator),
+                              config=ocp.args.JsonSave(config))
+    try:
+      self.manager.save(step, args=args, force=True)
+    except Exception as e:  # A synchronous failure (the directory cannot even be created).
+      self._fail(step, e)
+    self._pending = step
 
-  def restore(self, state_like: Any, data_iterator, step: int | None = None):
+  def _check_space(self, step: int, state_bytes: int) -> None:
+    """Refuses a save that cannot fit, before it writes a byte.
+
+    A write that fails half-way is reported too (`poll`), but from orbax's writer threads, which
+    print tracebacks of their own; a full disk is the common cause, and caught here cleanly.
+    A checkpoint is the state's bytes, uncompressed, plus small metadata files.
+    """
+    if not workdir_lib.is_local(self.directory) or jax.process_index() != 0:
+      return
+    needed = int(state_bytes * 1.05) + 2**20
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointError(
+          f'no space to save the checkpoint of step {step} in {self.directory}: it needs about '
+          f'{needed / 2**20:,.1f} MiB and the disk has {free / 2**20:,.1f} MiB free. The '
+          f'checkpoints already saved ({", ".join(map(str, self.all_steps())) or "none"}) are '
+          'intact; free some space and rerun the same command to resume.')
+
+  def poll(self) -> None:
+    """Raises CheckpointError if the last save has finished without writing its checkpoint.
+
+    Cheap enough for every step: a thread check, and one stat once the save is done.
+    """
+    if self._pending is None or self.manager.is_saving_in_progress():
+      return
+    step, self._pending = self._pending, None
+    if not (epath.Path(self.directory) / str(step)).exists():
+      self._fail(step, None)
+
+  def _fail(self, step: int, error: Exception | None) -> None:
+    reason = self._errors.first_error or (str(error).splitlines()[0] if error else 'unknown error')
+    free = ''
+    if workdir_lib.is_local(self.directory):
+      usage = shutil.disk_usage(self.directory)
+      free = f' {usage.free / 2**20:,.1f} MiB free of {usage.total / 2**20:,.0f} MiB on that disk.'
+    kept = [s for s in self.all_steps() if s != step]
+    raise CheckpointError(
+        f'could not save the checkpoint of step {step} in {self.directory}: {reason}.{free} The '
+        f'checkpoints already saved ({", ".join(map(str, kept)) or "none"}) are intact; free some '
+        'space (or fix the error) and rerun the same command to resume.')
+
+  def restore(self, state_like: Any, data_iterator, config: dict,
+              allow_config_change: bool = False) -> tuple[int | None, Any]:
     """Restores the newest readable checkpoint into the shapes and shardings of `state_like`.
 
-    A checkpoint that cannot be read (a truncated file after a crash, a corrupted disk) is skipped
-    with a warning and the next older one is tried; nothing is deleted. Returns (step, state), or
-    (None, state_like) when there is nothing to restore.
+    A checkpoint that cannot be read (a truncated file after a crash, a corrupted disk) is passed
+    over with a warning for the next older one, and moved aside to `corrupt-<step>/` once an older
+    one has been restored, so the run can save that step again. A checkpoint written with another
+    config, or whose arrays do not fit the model, raises CheckpointMismatch. If checkpoints exist
+    but none can be read, CheckpointError is raised and nothing is changed. Returns (step, state),
+    or (None, state_like) when there is nothing to restore.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
-    for s in steps:
+    unreadable = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(
+        metadata = self.manager.item_metadata(step)
+        if (epath.Path(self.directory) / str(step) / 'config').exists():  # Older ones have none.
+          self._check_config(step, allow_config_change, config)
+        self._check_fits(step, metadata['state'], abstract)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract),
             data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except CheckpointMismatch:
+        raise
       except Exception as e:  # orbax raises many types for unreadable files; try the next one.
-        if step is not None:
-          raise
         logging.warning('Checkpoint at step %d is unreadable (%s: %s); trying an older one.',
-                        s, type(e).__name__, e)
+                        step, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+        unreadable.append((step, e))
         continue
-      return s, restored.state
+      self._move_aside([s for s, _ in unreadable])
+      return step, restored.state
+    if unreadable:
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} can be restored (' + '; '.join(
+              f'step {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+              for s, e in unreadable) + '). Nothing was changed. Move the checkpoints aside to '
+          'start the run afresh, or choose another --workdir.')
     return None, state_like
 
+  def _check_fits(self, step: int, metadata, abstract) -> None:
+    """Raises CheckpointMismatch if the saved arrays are not the arrays of this model."""
+    saved = _leaves_by_name(metadata)
+    wanted = _leaves_by_name(abstract)
+    if not saved:  # No readable array metadata at all: damage, not another model.
+      raise ValueError('the checkpoint lists no arrays (its metadata is missing or unreadable)')
+    problems = [f'{k} is not in this model' for k in sorted(set(saved) - set(wanted))]
+    problems += [f'{k} is missing from it' for k in sorted(set(wanted) - set(saved))]
+    problems += [f'{k} has shape {tuple(saved[k].shape)}, this model {tuple(wanted[k].shape)}'
+                 for k in sorted(set(saved) & set(wanted))
+                 if tuple(saved[k].shape) != tuple(wanted[k].shape)]
+    if problems:
+      raise CheckpointMismatch(
+          f'the checkpoint of step {step} in {self.directory} does not fit this model '
+          f'({len(problems)} differences, e.g. {"; ".join(problems[:3])}); it was written by '
+          'another model config. Rerun with the config that wrote it, or choose another --workdir.')
+
+  def _check_config(self, step: int, allow_config_change: bool, config: dict) -> None:
+    recorded = self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config
+    changes = workdir_lib.result_changes(recorded, config)
+    if changes and not allow_config_change:
+      raise CheckpointMismatch(
+          f'the checkpoint of step {step} in {self.directory} was written with another config: '
+          f'{workdir_lib.describe_changes(changes)}. Rerun with that config, choose another '
+          '--workdir, or pass --config.allow_config_change=true to continue it on purpose.')
+
+  def _move_aside(self, steps: list[int]) -> None:
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      root = epath.Path(self.directory)
+      for step in steps:
+        target = root / f'corrupt-{step}'
+        n = 1
+        while target.exists():
+          target, n = root / f'corrupt-{step}.{n}', n + 1
+        (root / str(step)).rename(target)
+        logging.warning('Moved the unreadable checkpoint of step %d aside to %s; nothing was '
+                        'deleted.', step, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('resnet_jax: unreadable checkpoints moved aside')
+    self.manager.reload()
+
+  def prune(self) -> None:
+    """Deletes what the preservation policies would no longer keep.
+
+    orbax applies them at each save, so the best step found by the eval after the last save has
+    not been applied yet; this applies it, with the same policies.
+    """
+    infos = [_StepInfo(s) for s in self.all_steps()]
+    keep = self.preservation.should_preserve(infos, context=None)
+    for info, kept in zip(infos, keep):
+      if not kept:
+        self.manager.delete(info.step)
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; raises CheckpointError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      step, self._pending = self._pending, None
+      self._fail(step if step is not None else -1, e)
+    self.poll()
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the saves in flight and stops orbax's threads.
+
+    A failed save was reported already (by `wait` or `poll`), or is being reported by the
+    exception that unwinds the run, so an error here is not raised again.
+    """
+    try:
+      self.manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.info('Closing the checkpoint manager: %s', str(e).splitlines()[0] if str(e) else e)
+    finally:
+      logging.getLogger('absl').removeFilter(self._errors)

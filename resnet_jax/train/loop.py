@@ -5,15 +5,18 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Iterator
 
 import jax
 import numpy as np
 
-from resnet_jax import config_check, data, models, parallel
-from resnet_jax.metrics import MetricWriter, Progress
+from resnet_jax import config_check, data, models, parallel, recipes
+from resnet_jax.errors import RunError
+from resnet_jax.metrics import MetricWriter, Progress, read_metrics
 from resnet_jax.train import optim, step as step_lib
+from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train.checkpoint import Checkpointer
 from resnet_jax.train.state import create_train_state
 
@@ -50,27 +53,44 @@ class ConsumedIterator:
       self._iterator.start_prefetch()
 
 
-class _StopRequest:
-  """Turns SIGTERM (preemption, `kill`, a scheduler's time limit) into a save-and-exit."""
+class StopRequest:
+  """Turns SIGTERM (preemption, `kill`, a scheduler's limit) and SIGINT (Ctrl-C) into save-and-exit.
+
+  The first signal asks the loop to save a checkpoint at the end of the step and stop; a second
+  one exits at once, without saving. `signum` is the first signal, for the exit code (128 + it,
+  as schedulers expect).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signum = None
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. a notebook worker): no handler, no harm.
-      self._previous = None
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a notebook worker): no handler, no harm.
+        pass
     return self
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: saving a checkpoint at the end of this step, then exiting.')
-    self.requested = True
+    name = signal.Signals(signum).name
+    if self.signum is not None:
+      print(f'{name} received again: exiting now, without saving.', file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    logging.warning('%s received: saving a checkpoint at the end of this step, then exiting '
+                    '(send it again to exit at once, without saving).', name)
+    self.signum = signum
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
   def check(self, step: int, every: int) -> bool:
     """Whether to stop after this step.
@@ -85,6 +105,10 @@ class _StopRequest:
       return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+class NonFiniteLoss(RunError):
+  """The loss or the gradient became NaN or infinite."""
 
 
 def create_model(config, sync_batch_stats: bool):
@@ -110,10 +134,24 @@ def evaluate(p_eval_step, state, config, par: parallel.DataParallel) -> dict:
           'eval/num_examples': result.accuracy.count}
 
 
-def _train_scalars(metrics, par) -> dict:
+def _train_scalars(metrics, par, steps: int) -> dict:
   m = par.host_value(metrics)
   return {'train/loss': m.loss.compute(), 'train/accuracy': m.accuracy.compute(),
-          'train/top5_accuracy': m.top5_accuracy.compute()}
+          'train/top5_accuracy': m.top5_accuracy.compute(),
+          # How many steps this record averages (a resumed run's first record may cover fewer).
+          'train/steps': steps,
+          'train/nonfinite_steps': int(round(float(m.nonfinite.compute()) * steps)),
+          'first_nonfinite_step': int(m.first_nonfinite.compute())}
+
+
+def _best_eval_step(records: list[dict], saved_steps) -> tuple[int | None, float]:
+  """The saved step with the best eval accuracy (the earliest of ties), and that accuracy."""
+  evals = [(r['eval/accuracy'], -r['step']) for r in records
+           if 'eval/accuracy' in r and r['step'] in saved_steps]
+  if not evals:
+    return None, -float('inf')
+  accuracy, neg_step = max(evals)
+  return -neg_step, accuracy
 
 
 def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=None) -> dict:
@@ -122,16 +160,34 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   devices: the devices to run on (default: all of them). train_iterator: this process's batches,
   in place of the configured pipeline (tests use it to feed the same global batches to runs of
   different process counts).
+
+  A run stopped by SIGTERM or SIGINT returns {'stopped': True, 'signal': signum, ...} after
+  saving. Bad input raises a resnet_jax.errors.UserError and a failed run a RunError, each with a
+  one-line message, before anything in the workdir is changed (a failed run keeps every
+  checkpoint it saved).
   """
-  if '://' not in workdir:  # Local paths: orbax's tensorstore writer needs them absolute.
+  if workdir_lib.is_local(workdir):  # orbax's tensorstore writer needs absolute paths.
     workdir = os.path.abspath(workdir)
+  config_check.check_structure(config)
+  # The derived keys (warm-up, eval interval) from the final config, overrides included; this
+  # config is what runs, what config.json records, and what a rerun is compared with.
+  config = recipes.finalize(config)
   config_check.validate(config)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir_lib.check_writable(workdir)
+  with StopRequest() as stop, workdir_lib.lock(workdir, enabled=is_main):
+    return _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main)
+
+
+def _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main) -> dict:
   info = data.dataset_info(config.data)
   config_check.validate_against_dataset(config, info)
   par = parallel.DataParallel(config.parallel.backend, devices)
   parallel.check_batch_size('batch_size', config.batch_size, par.num_devices)
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size, par.num_devices)
-  is_main = jax.process_index() == 0
+  workdir_lib.check_same_run(workdir, config)
+  record = workdir_lib.as_dict(config)
 
   total_steps = optim.num_train_steps(config, info.num_train)
   schedule = optim.create_learning_rate_schedule(config, total_steps)
@@ -147,7 +203,17 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   train_iterator = ConsumedIterator(train_iterator)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
                       keep_best=config.keep_best_checkpoint)
-  restored_step, global_state = ckpt.restore(par.to_global(state), train_iterator)
+  try:
+    return _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state,
+                 train_iterator, stop, is_main)
+  finally:
+    ckpt.close()
+
+
+def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state,
+          train_iterator, stop, is_main) -> dict:
+  restored_step, global_state = ckpt.restore(par.to_global(state), train_iterator, record,
+                                             config.allow_config_change)
   if restored_step is not None:
     state = par.to_backend(global_state)
     logging.info('Resumed from %s at step %d.', workdir, restored_step)
@@ -159,38 +225,68 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
     with open(summary_path) as f:
       return json.load(f)
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.record_config(workdir, config, restored_step)
+  ckpt.best.best_step, best_accuracy = _best_eval_step(
+      [r for r in read_metrics(workdir) if r['step'] <= start_step], set(ckpt.all_steps()))
 
   p_train_step = par.map(functools.partial(
       step_lib.train_step, label_smoothing=config.label_smoothing,
-      sync_batch_stats=config.parallel.sync_batch_stats), donate_state=True)
+      sync_batch_stats=config.parallel.sync_batch_stats,
+      skip_nonfinite=config.skip_nonfinite_updates), donate_state=True)
   p_eval_step = par.map(step_lib.eval_step)
 
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step)
   batches = par.prefetch(train_iterator.pull(), config.data.prefetch_to_device,
                          place=lambda item: (par.put_batch(item[0]), item[1]))
-  train_metrics, eval_scalars, last_train = None, {}, {}
+  window, window_steps, nonfinite_steps = None, 0, 0
+  eval_scalars, last_train = {}, {}
   started = time.perf_counter()
   step = start_step
-  with _StopRequest() as stop:
+  try:
     while step < total_steps:
       batch, data_state = next(batches)
       state, m = p_train_step(state, batch)
       train_iterator.consumed(data_state)
-      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      window = m if window is None else window.merge(m)
+      window_steps += 1
       step += 1
+      if step == start_step + 1:
+        progress.restart(step)  # The first step compiled: keep that out of the speed and ETA.
+      ckpt.poll()
       is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last:
-        last_train = _train_scalars(train_metrics, par)
-        lr = float(schedule(step - 1))
-        writer.write(step, {**last_train, 'lr': lr})
-        if is_main:
-          logging.info(progress.line(step, last_train['train/loss'], lr))
-        train_metrics = None
+      log_now = step % config.log_every_steps == 0 or is_last
       eval_now = step % config.eval_every_steps == 0 or is_last
+      stopping = stop.check(step, config.log_every_steps)
+      # An eval step saves too, so that the best checkpoint is the one that was evaluated.
+      save_now = (step % config.checkpoint_every_steps == 0 or is_last or stopping
+                  or (eval_now and config.keep_best_checkpoint))
+      if log_now or eval_now or save_now:
+        # The loop's only reads of the device: at these steps, never per step.
+        scalars = _train_scalars(window, par, window_steps)
+        first_bad = scalars.pop('first_nonfinite_step')
+        if scalars['train/nonfinite_steps'] and not config.skip_nonfinite_updates:
+          ckpt.wait()
+          saved = ckpt.all_steps()
+          raise NonFiniteLoss(
+              f'the loss became non-finite (NaN or inf) at step {first_bad}; stopped at step '
+              f'{step} without saving it. ' + (
+                  f'The last good checkpoint is step {max(saved)} in {workdir}. '
+                  if saved else 'No checkpoint had been saved yet. ') +
+              'Fix the cause (e.g. lower config.learning_rate) or set '
+              '--config.skip_nonfinite_updates=true to skip such steps, and rerun with '
+              '--config.allow_config_change=true to resume.')
+        if log_now:
+          nonfinite_steps += scalars['train/nonfinite_steps']
+          last_train = scalars
+          lr = float(schedule(step - 1))
+          writer.write(step, {**scalars, 'lr': lr})
+          if is_main:
+            logging.info(progress.line(step, scalars['train/loss'], lr))
+          window, window_steps = None, 0
+      if save_now:
+        # Saved before the eval, so an eval that fails loses no training.
+        ckpt.save(step, par.to_global(state), train_iterator, record)
       if eval_now:
         eval_scalars = evaluate(p_eval_step, state, config, par)
         writer.write(step, eval_scalars)
@@ -198,31 +294,32 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
           logging.info('step %d: eval accuracy %.4f, loss %.4f over %d examples', step,
                        eval_scalars['eval/accuracy'], eval_scalars['eval/loss'],
                        eval_scalars['eval/num_examples'])
-      stopping = stop.check(step, config.log_every_steps)
-      if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-        ckpt.save(step, par.to_global(state), train_iterator,
-                  {k: float(v) for k, v in eval_scalars.items()} if eval_now else None)
+        if save_now and eval_scalars['eval/accuracy'] > best_accuracy:
+          ckpt.best.best_step, best_accuracy = step, float(eval_scalars['eval/accuracy'])
       if stopping:
         logging.warning('Stopped at step %d on request; rerun the same command to resume.', step)
         break
-  # Stopped early (SIGTERM): the checkpoint is what matters, so no extra eval or summary
-  # delays the exit within a preemption's grace period.
-  if not eval_scalars and step >= total_steps:
-    # Resumed at the very end, after the last eval: report the test error.
-    eval_scalars = evaluate(p_eval_step, state, config, par)
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+    # Stopped early (a signal): the checkpoint is what matters, so no extra eval or summary
+    # delays the exit within a preemption's grace period.
+    if not eval_scalars and step >= total_steps:
+      # Resumed at the very end, after the last eval: report the test error.
+      eval_scalars = evaluate(p_eval_step, state, config, par)
+    ckpt.wait()
+    if step >= total_steps:
+      ckpt.prune()  # The last eval may have made an earlier best checkpoint redundant.
+  finally:
+    writer.close()
   if step < total_steps:
-    return {'step': step, 'stopped': True, **last_train}
+    return {'step': step, 'stopped': True, 'signal': stop.signum, **last_train}
 
   summary = {'step': step, 'wall_s': time.perf_counter() - started, **last_train,
              **{k: float(v) for k, v in eval_scalars.items()}}
+  if config.skip_nonfinite_updates:
+    summary['nonfinite_steps'] = nonfinite_steps
   if is_main and 'eval/accuracy' in summary:
     logging.info('Final (step %d): train error %.2f%%, test error %.2f%% (%s, %d examples), %.0f s.',
                  step, 100 * (1 - summary.get('train/accuracy', float('nan'))),
                  100 * (1 - summary['eval/accuracy']), config.data.eval_split,
                  summary['eval/num_examples'], summary['wall_s'])
-    with open(summary_path, 'w') as f:
-      json.dump(summary, f, indent=2)
+    workdir_lib.write_atomic(summary_path, json.dumps(summary, indent=2))
   return summary

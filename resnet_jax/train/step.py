@@ -7,6 +7,8 @@ with `lax.psum`, and BN statistics are synced inside the model's `nn.BatchNorm`
 maps these functions over the devices with shard_map or pmap.
 """
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -18,10 +20,38 @@ from resnet_jax.parallel import AXIS
 
 
 @flax.struct.dataclass
+class FirstStep(metrics.Metric):
+  """The first step at which a condition held (NO_STEP if never): min-merged, over steps and devices."""
+  step: jnp.ndarray
+
+  NO_STEP = jnp.iinfo(jnp.int32).max
+
+  @classmethod
+  def empty(cls):
+    return cls(step=jnp.array(cls.NO_STEP, jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, step, condition, **_):
+    return cls(step=jnp.where(condition, step, cls.NO_STEP).astype(jnp.int32))
+
+  def merge(self, other):
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def reduce_over_devices(self):
+    return type(self)(step=lax.pmin(self.step, AXIS))
+
+  def compute(self):
+    return self.step
+
+
+@flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('top1')
   top5_accuracy: metrics.Average.from_output('top5')
+  # The fraction of steps whose loss or gradient was not finite, and the first such step.
+  nonfinite: metrics.Average
+  first_nonfinite: FirstStep
 
 
 @flax.struct.dataclass
@@ -34,11 +64,16 @@ class EvalMetrics(metrics.Collection):
 def psum_metrics(collection):
   """Merges a metrics collection over the devices.
 
-  Every metric here is an `Average` (a total and a count), whose merge is a sum, so a `psum` is
-  the merge; it is also invariant over the axis, which shard_map's replication check needs
-  (clu's gather_from_model_output is an all_gather, whose result JAX treats as varying).
+  An `Average` (a total and a count) merges by a sum, so a `psum` is its merge; other metrics say
+  how with `reduce_over_devices`. Both results are invariant over the axis, which shard_map's
+  replication check needs (clu's gather_from_model_output is an all_gather, whose result JAX
+  treats as varying).
   """
-  return jax.tree.map(lambda x: lax.psum(x, AXIS), collection)
+  return collection.replace(**{
+      name: (m.reduce_over_devices() if hasattr(m, 'reduce_over_devices')
+             else jax.tree.map(lambda x: lax.psum(x, AXIS), m))
+      for name, m in ((f.name, getattr(collection, f.name))
+                      for f in dataclasses.fields(collection))})
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -55,8 +90,19 @@ def correct_topk(logits, labels, k: int):
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: bool = True):
-  """One SGD step on this device's slice of the batch; returns the new state and the metrics."""
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: bool = True,
+               skip_nonfinite: bool = False):
+  """One SGD step on this device's slice of the batch; returns the new state and the metrics.
+
+  A step whose loss or gradient is not finite is counted in the metrics, which the loop reads at
+  its log, eval and save steps (no extra host sync per step) to stop before a non-finite state is
+  saved. With `skip_nonfinite`, such a step leaves the parameters, optimiser state and BN
+  statistics as they were instead; optax.apply_if_finite would guard only the first two.
+  """
   # Stochastic depth draws differ per device and per step, and resume reproduces them exactly.
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
 
@@ -80,9 +126,24 @@ def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: 
     # the replicas stay identical (as flax's ImageNet example does before each eval).
     batch_stats = lax.pmean(batch_stats, AXIS)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  step_metrics = psum_metrics(TrainMetrics.single_from_model_output(
-      loss=loss, top1=correct_topk(logits, batch['label'], 1),
-      top5=correct_topk(logits, batch['label'], 5)))
+  # The loss, the gradients and what the update made of the weights and BN statistics (an lr
+  # too large overflows them even from finite gradients). After the pmean all of these, and so
+  # the flag, are the same on every device.
+  finite = (jnp.isfinite(lax.pmean(loss.mean(), AXIS)) & _all_finite(grads)
+            & _all_finite(new_state.params) & _all_finite(new_state.batch_stats))
+  if skip_nonfinite:
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # The step still counts, so the schedule, the data and the RNG stay on the run's timeline.
+    new_state = kept.replace(step=new_state.step)
+  # A non-finite step is left out of the averages (its count says it happened).
+  keep = jnp.broadcast_to(finite, loss.shape)
+  step_metrics = psum_metrics(TrainMetrics.empty().replace(
+      loss=metrics.Average.from_model_output(loss, mask=keep),
+      accuracy=metrics.Average.from_model_output(correct_topk(logits, batch['label'], 1), mask=keep),
+      top5_accuracy=metrics.Average.from_model_output(correct_topk(logits, batch['label'], 5),
+                                                      mask=keep),
+      nonfinite=metrics.Average.from_model_output((~finite).astype(jnp.float32)),
+      first_nonfinite=FirstStep.from_model_output(state.step + 1, ~finite)))
   return new_state, step_metrics
 
 

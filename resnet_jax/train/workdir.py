@@ -1,0 +1,182 @@
+"""The workdir's guards: one run per workdir, and never two different runs mixed in one.
+
+A sweep launches hundreds of runs, so a workdir is checked before anything in it is touched:
+
+* `check_writable`: the path is a directory this process can write (not a file, not on a
+  read-only file system), checked before compile so a typo costs seconds, not a compile.
+* `lock`: an exclusive `flock` on `<workdir>/.lock`. The kernel drops it when its process dies,
+  `kill -9` included, so a crashed run never leaves the workdir stuck.
+* `check_same_run`: a rerun resumes only the run that the workdir holds. Any key that changes the
+  result (model, data, optimiser, schedule, seed, batch) must equal the recorded config; the keys
+  in `RESULT_NEUTRAL_KEYS` (logging, checkpointing, loading and placement) may change.
+  `config.allow_config_change=True` continues on purpose, and keeps the old config beside the new.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import tempfile
+
+from resnet_jax.errors import UserError
+
+CONFIG_FILE = 'config.json'
+LOCK_FILE = '.lock'
+
+# Keys that may differ between the runs that share a workdir: they decide when things are logged,
+# evaluated or saved, how data is loaded and where things run, never which numbers training
+# computes. (Exact eval counts every example once whatever eval_batch_size is; checkpoints hold
+# one layout that both parallel backends restore.)
+RESULT_NEUTRAL_KEYS = frozenset({
+    'log_every_steps', 'eval_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
+    'keep_checkpoints',
+    'keep_best_checkpoint', 'eval_batch_size', 'allow_config_change',
+    'data.data_dir', 'data.worker_count', 'data.worker_buffer_size', 'data.read_threads',
+    'data.read_buffer_size', 'data.prefetch_to_device',
+    'parallel.backend',
+    'distributed.initialize', 'distributed.coordinator_address', 'distributed.num_processes',
+    'distributed.process_id',
+})
+
+
+class WorkdirError(UserError):
+  """A workdir that cannot be used: not writable, in use, or holding another run."""
+
+
+def is_local(workdir: str) -> bool:
+  return '://' not in workdir
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable, or raises WorkdirError naming it."""
+  if not is_local(workdir):
+    return  # gs:// and friends: orbax and tfds report their own permission errors.
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another path.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    why = {errno.EROFS: 'is on a read-only file system',
+           errno.EACCES: 'is not writable by this user',
+           errno.EPERM: 'is not writable by this user',
+           errno.ENOTDIR: 'lies under a path that is a file, not a directory',
+           errno.ENOSPC: 'is on a full disk'}.get(e.errno, f'cannot be created or written ({e.strerror})')
+    raise WorkdirError(f'--workdir={workdir} {why}; choose another path.') from None
+
+
+@contextlib.contextmanager
+def lock(workdir: str, enabled: bool = True):
+  """Holds the workdir's lock for the duration of a run; a second run is refused at once."""
+  if not (enabled and is_local(workdir)):
+    yield
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 1000, 0).decode(errors='replace').strip() or 'another process'
+      raise WorkdirError(
+          f'--workdir={workdir} is in use by another run ({holder}); wait for it to finish, '
+          'stop it, or choose another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
+                   f'{datetime.datetime.now().isoformat(timespec="seconds")}').encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Closing the descriptor releases the flock.
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'model': {'depth': 20}} -> {'model.depth': 20}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def as_dict(config) -> dict:
+  """A config as the plain JSON values that config.json records (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def result_changes(recorded: dict, config: dict) -> list[tuple[str, object, object]]:
+  """The keys, outside RESULT_NEUTRAL_KEYS, whose values differ: (key, recorded, new)."""
+  old, new = flatten(recorded), flatten(config)
+  missing = object()
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    if key in RESULT_NEUTRAL_KEYS:
+      continue
+    a, b = old.get(key, missing), new.get(key, missing)
+    if a != b:
+      changes.append((key, '(absent)' if a is missing else a, '(absent)' if b is missing else b))
+  return changes
+
+
+def describe_changes(changes) -> str:
+  return '; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in changes)
+
+
+def read_recorded_config(workdir: str) -> dict | None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'{path} cannot be read ({e}); it records the run in {workdir}. Restore it, '
+                       'or choose another --workdir.') from None
+
+
+def check_same_run(workdir: str, config) -> None:
+  """Refuses a config whose result would differ from the run recorded in `workdir`."""
+  recorded = read_recorded_config(workdir)
+  if recorded is None:
+    return
+  changes = result_changes(recorded, as_dict(config))
+  if not changes:
+    return
+  if config.get('allow_config_change', False):
+    logging.warning('Continuing the run in %s with a changed config, as '
+                    'config.allow_config_change asks: %s', workdir, describe_changes(changes))
+    return
+  raise WorkdirError(
+      f'--workdir={workdir} holds a run with another config, which this run would overwrite: '
+      f'{describe_changes(changes)}. Rerun with the recorded config ({os.path.join(workdir, CONFIG_FILE)}), '
+      'choose another --workdir, or pass --config.allow_config_change=true to continue it on purpose.')
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes a file so that a crash leaves either the old or the new content, never half."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def record_config(workdir: str, config, restored_step: int | None) -> None:
+  """Writes config.json; a config changed on purpose keeps the previous one beside it."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = f.read()
+    if previous == text:
+      return
+    if restored_step is not None:
+      write_atomic(os.path.join(workdir, f'config.until_step_{restored_step}.json'), previous)
+  write_atomic(path, text)

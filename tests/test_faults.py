@@ -1,0 +1,381 @@
+"""Faults a careless user or a flaky cluster causes: each ends safely, and nothing saved is lost.
+
+Each test runs the command line on the offline quickstart, as a user would, against a copy of
+one finished run (or a fresh one), then checks the exit code, the one-line message and that every
+checkpoint, record and result that was there is still there.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from resnet_jax.metrics import read_metrics
+from tests import helpers
+
+STEPS = 120
+ARGS = (f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=20',
+        '--config.eval_every_steps=40', '--config.log_every_steps=10', '--config.warmup_steps=10')
+SCHEDULE = ('--config.lr_boundaries=(90,)',)
+
+
+def run(workdir, *overrides, schedule=SCHEDULE, timeout=600):
+  return helpers.run_main(workdir, *ARGS, *schedule, *overrides, timeout=timeout)
+
+
+def snapshot(workdir) -> dict:
+  """Every file under the workdir (but the lock) with its bytes: what must not change."""
+  files = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      if name != '.lock':
+        with open(path, 'rb') as f:
+          files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
+def one_error_line(result, code: int, *words: str) -> str:
+  assert result.returncode == code, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for word in words:
+    assert word in errors[0], errors[0]
+  return errors[0]
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('finished') / 'run'
+  result = run(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+  target = tmp_path / 'run'
+  shutil.copytree(finished, target)
+  return target
+
+
+def test_a_rerun_with_another_config_is_refused_and_touches_nothing(copy):
+  # The issue's reproduction: the newest checkpoints gone, then a rerun with another depth.
+  for step in helpers.checkpoint_steps(copy)[-2:]:
+    shutil.rmtree(copy / 'checkpoints' / str(step))
+  (copy / 'summary.json').unlink()
+  before = snapshot(copy)
+  result = run(copy, '--config.model.depth=32')
+  one_error_line(result, 2, 'model.depth: 20 -> 32', 'allow_config_change')
+  assert snapshot(copy) == before
+  # Without config.json, each checkpoint's own record of its config refuses it the same way.
+  (copy / 'config.json').unlink()
+  before = snapshot(copy)
+  one_error_line(run(copy, '--config.model.depth=32', '--config.seed=3'), 2,
+                 'was written with another config', 'model.depth: 20 -> 32', 'seed: 0 -> 3')
+  assert snapshot(copy) == before
+
+
+def test_a_changed_model_does_not_fit_even_when_allowed(copy):
+  before = snapshot(copy)
+  result = run(copy, '--config.model.depth=32', '--config.allow_config_change=true')
+  one_error_line(result, 2, 'does not fit this model', 'stage1_unit4')
+  assert snapshot(copy) == before
+
+
+def test_keys_that_do_not_change_the_result_may_change(copy):
+  before = snapshot(copy)
+  result = run(copy, '--config.log_every_steps=7', '--config.checkpoint_every_steps=30',
+               '--config.keep_checkpoints=5', '--config.data.worker_count=0',
+               '--config.eval_batch_size=120')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert snapshot(copy) == before  # Finished already: nothing to do, nothing changed.
+
+
+def test_a_change_on_purpose_continues_and_keeps_the_old_config(copy):
+  old_config = (copy / 'config.json').read_text()
+  shutil.rmtree(copy / 'checkpoints' / str(STEPS))
+  (copy / 'summary.json').unlink()
+  resume_at = helpers.checkpoint_steps(copy)[-1]
+  result = run(copy, '--config.learning_rate=0.05', '--config.allow_config_change=true')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'learning_rate: 0.1 -> 0.05' in result.stderr
+  assert json.loads((copy / 'config.json').read_text())['learning_rate'] == 0.05
+  assert (copy / f'config.until_step_{resume_at}.json').read_text() == old_config
+
+
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_never_loops(copy):
+  # The issue's reproduction: the newest checkpoint's metadata gone, and the summary.
+  (copy / 'checkpoints' / str(STEPS) / 'state' / '_METADATA').unlink()
+  (copy / 'summary.json').unlink()
+  older = helpers.checkpoint_steps(copy)[-2]
+  result = run(copy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from {copy} at step {older}' in result.stderr
+  assert f'Moved the unreadable checkpoint of step {STEPS} aside' in result.stderr
+  assert (copy / 'checkpoints' / f'corrupt-{STEPS}' / 'state').is_dir()  # Kept, not deleted.
+  assert STEPS in helpers.checkpoint_steps(copy) and (copy / 'summary.json').exists()
+  again = run(copy)  # The crash loop of StepAlreadyExistsError is gone.
+  assert again.returncode == 0, again.stderr[-3000:]
+  steps = [(r['step'], 'eval/accuracy' in r) for r in read_metrics(copy)]
+  assert len(steps) == len(set(steps)), 'a step was recorded twice'
+
+
+def test_no_readable_checkpoint_stops_and_touches_nothing(copy):
+  for step in helpers.checkpoint_steps(copy):
+    (copy / 'checkpoints' / str(step) / 'state' / '_METADATA').unlink()
+  (copy / 'summary.json').unlink()
+  before = snapshot(copy)
+  one_error_line(run(copy), 1, 'no checkpoint in', 'can be restored', 'Nothing was changed')
+  assert snapshot(copy) == before
+
+
+def test_metrics_records_are_never_duplicated_and_a_torn_line_is_repaired(copy):
+  shutil.rmtree(copy / 'checkpoints' / str(STEPS))
+  (copy / 'summary.json').unlink()
+  with open(copy / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 125, "train/lo')  # An OS crash mid-write.
+  assert read_metrics(copy)[-1]['step'] == STEPS  # The torn line is skipped, not fatal.
+  result = run(copy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = (copy / 'metrics.jsonl').read_text().splitlines()
+  records = [json.loads(line) for line in lines]  # Every line parses.
+  keys = [(r['step'], 'eval/accuracy' in r) for r in records]
+  assert len(keys) == len(set(keys)) and max(k[0] for k in keys) == STEPS
+  assert [r['train/steps'] for r in records if 'train/loss' in r] == [10] * (STEPS // 10)
+
+
+def test_a_second_run_on_a_workdir_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_path):
+  workdir = tmp_path / 'run'
+  first = subprocess.Popen(helpers.main_command(workdir, *ARGS, *SCHEDULE), cwd=helpers.ROOT,
+                           env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    deadline = time.time() + 300
+    while not (workdir / 'config.json').exists():  # Written once the lock is held.
+      assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+      time.sleep(0.1)
+    started = time.time()
+    second = helpers.run_main(workdir, *ARGS, *SCHEDULE, timeout=120)
+    one_error_line(second, 2, 'is in use by another run', f'pid {first.pid}')
+    assert time.time() - started < 60  # Refused before compiling anything.
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+  result = run(workdir)  # kill -9 left the lock file, but no lock.
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize('sig, code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_saves_then_exits_non_zero_and_twice_exits_at_once(tmp_path, sig, code):
+  def start(workdir):
+    proc = subprocess.Popen(helpers.main_command(workdir, *ARGS, *SCHEDULE), cwd=helpers.ROOT,
+                            env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not helpers.checkpoint_steps(workdir):
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+      time.sleep(0.1)
+    return proc
+
+  proc = start(tmp_path / 'once')
+  proc.send_signal(sig)
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == code, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'Stopped at step' in stderr
+  stopped_at = helpers.checkpoint_steps(tmp_path / 'once')[-1]
+  assert stopped_at < STEPS and not (tmp_path / 'once' / 'summary.json').exists()
+
+  # The second signal must come after the first was handled (the same signal twice before its
+  # handler runs counts once): send it while the run still compiles, long before any save.
+  workdir = tmp_path / 'twice'
+  proc = subprocess.Popen(helpers.main_command(workdir, *ARGS, *SCHEDULE), cwd=helpers.ROOT,
+                          env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 300
+  while not ((workdir / '.lock').exists() and (workdir / '.lock').read_text()):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.02)
+  proc.send_signal(sig)
+  time.sleep(0.5)
+  proc.send_signal(sig)
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == code, stderr[-3000:]
+  assert 'received again: exiting now' in stderr and 'Traceback' not in stderr
+  assert not helpers.checkpoint_steps(workdir)
+
+
+def _checkpoint_is_finite(workdir, step) -> bool:
+  import jax
+  import orbax.checkpoint as ocp
+  path = workdir / 'checkpoints' / str(step) / 'state'
+  with ocp.PyTreeCheckpointer() as ckpt:
+    metadata = ckpt.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    tree = ckpt.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree)
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+# After step 60 the learning rate jumps to 1e6: the loss turns NaN within a few steps.
+DIVERGE = ('--config.lr_boundaries=(60,)', '--config.lr_decay_factor=1e7')
+
+
+def test_a_non_finite_loss_stops_before_it_is_saved(tmp_path):
+  workdir = tmp_path / 'run'
+  result = run(workdir, schedule=DIVERGE)
+  line = one_error_line(result, 1, 'non-finite', 'last good checkpoint is step 60')
+  first_bad = int(line.split('at step ')[1].split(';')[0])
+  assert 60 < first_bad < 80
+  assert max(helpers.checkpoint_steps(workdir)) == 60
+  assert all(_checkpoint_is_finite(workdir, s) for s in helpers.checkpoint_steps(workdir))
+  assert not (workdir / 'summary.json').exists()
+  # Still resumable: the same command resumes from step 60 and stops the same way.
+  again = run(workdir, schedule=DIVERGE)
+  one_error_line(again, 1, f'non-finite (NaN or inf) at step {first_bad}')
+  assert 'Resumed from' in again.stderr
+
+
+def test_skipping_non_finite_updates_counts_them_and_saves_finite_weights(tmp_path):
+  workdir = tmp_path / 'run'
+  result = run(workdir, '--config.skip_nonfinite_updates=true', schedule=DIVERGE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert 0 < summary['nonfinite_steps'] <= STEPS - 60
+  counted = sum(r['train/nonfinite_steps'] for r in read_metrics(workdir) if 'train/loss' in r)
+  assert counted == summary['nonfinite_steps']
+  assert all(_checkpoint_is_finite(workdir, s) for s in helpers.checkpoint_steps(workdir))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 5 MiB tmpfs: room for the first checkpoints of the quickstart (about 2.2 MB each)."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(mount)],
+                        capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here: {done.stderr.strip()}')
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+def test_a_full_disk_is_reported_at_once_and_keeps_the_saved_checkpoints(small_disk):
+  workdir = small_disk / 'run'
+  result = run(workdir, '--config.keep_checkpoints=5', '--config.keep_best_checkpoint=false')
+  line = one_error_line(result, 1, 'no space to save the checkpoint of step', str(workdir),
+                        'MiB free', 'intact')
+  failed = int(line.split('of step ')[1].split(' ')[0])
+  saved = helpers.checkpoint_steps(workdir)
+  assert saved and max(saved) < failed
+  assert f'step {failed + 10}/' not in result.stderr  # Reported at that save, not later.
+  assert all(_checkpoint_is_finite(workdir, s) for s in saved)
+  # Room again: the same command resumes from the newest checkpoint.
+  subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)
+  result = run(workdir, '--config.keep_checkpoints=5', '--config.keep_best_checkpoint=false')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from {workdir} at step {saved[-1]}' in result.stderr
+
+
+def test_a_write_that_fails_during_a_save_is_reported_at_once(copy):
+  # A file-size limit makes the checkpoint's data files fail to write half-way, as a disk that
+  # fills up during the save would (the space check before it passed).
+  import resource
+  shutil.rmtree(copy / 'checkpoints' / str(STEPS))
+  (copy / 'summary.json').unlink()
+  before = helpers.checkpoint_steps(copy)
+  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**16, 2**16))
+  result = subprocess.run(helpers.main_command(copy, *ARGS, *SCHEDULE), cwd=helpers.ROOT,
+                          env=helpers.env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit)
+  # orbax's writer threads print the tracebacks of their failed writes themselves; the run's
+  # own report is one line.
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert errors[0].startswith(f'error: could not save the checkpoint of step {STEPS}')
+  assert 'File too large' in errors[0] and 'intact' in errors[0]
+  assert helpers.checkpoint_steps(copy) == before
+  assert all(_checkpoint_is_finite(copy, s) for s in before)
+
+
+@pytest.mark.slow
+def test_the_best_checkpoint_survives_a_kill_with_keep_1(tmp_path):
+  # A learning-rate jump after step 100 makes the accuracy fall and recover, so the best eval
+  # is not the last one.
+  workdir = tmp_path / 'run'
+  args = ('--config.num_train_steps=300', '--config.checkpoint_every_steps=50',
+          '--config.eval_every_steps=50', '--config.log_every_steps=25',
+          '--config.keep_checkpoints=1', '--config.lr_boundaries=(100,)',
+          '--config.lr_decay_factor=20')
+  proc = subprocess.Popen(helpers.main_command(workdir, *args), cwd=helpers.ROOT,
+                          env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 600
+  while 250 not in helpers.checkpoint_steps(workdir):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  result = helpers.run_main(workdir, *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evals = [r for r in read_metrics(workdir) if 'eval/accuracy' in r]
+  best = max(evals, key=lambda r: r['eval/accuracy'])['step']
+  assert best < 300, f'the best eval is the last one ({evals}): nothing was tested'
+  assert helpers.checkpoint_steps(workdir) == sorted({best, 300})
+
+
+def _tiny_quickstart(**overrides):
+  from configs import quickstart
+  config = quickstart.get_config()
+  config.num_train_steps = 8
+  config.lr_boundaries = ()
+  config.warmup_steps = 0
+  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _scripted_eval(monkeypatch, accuracies: dict):
+  """Replaces the eval with fixed accuracies per step, or an error where the value is one."""
+  from resnet_jax.train import loop
+
+  def evaluate(p_eval_step, state, config, par):
+    step = int(par.host_value(state.step))
+    if isinstance(accuracies[step], Exception):
+      raise accuracies[step]
+    return {'eval/loss': 1.0, 'eval/accuracy': accuracies[step], 'eval/top5_accuracy': 1.0,
+            'eval/num_examples': 360}
+  monkeypatch.setattr(loop, 'evaluate', evaluate)
+
+
+def test_a_failing_eval_loses_no_training(tmp_path, monkeypatch):
+  import jax
+  from resnet_jax.train import loop
+  _scripted_eval(monkeypatch, {2: 0.5, 4: RuntimeError('the eval split is unreadable')})
+  with pytest.raises(RuntimeError, match='unreadable'):
+    loop.train_and_evaluate(_tiny_quickstart(), str(tmp_path), devices=jax.devices()[:1])
+  assert helpers.checkpoint_steps(tmp_path)[-1] == 4  # Saved before the eval that failed.
+
+
+def test_the_best_checkpoint_is_known_after_a_restart(tmp_path, monkeypatch):
+  import jax
+  from resnet_jax.train import loop
+  _scripted_eval(monkeypatch, {2: 0.5, 4: 0.9, 6: 0.3, 8: 0.2})
+  config = _tiny_quickstart(keep_checkpoints=1)
+  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  assert helpers.checkpoint_steps(tmp_path) == [4, 8]
+  # As after a kill before the last save: a new process knows the best only from the records.
+  shutil.rmtree(tmp_path / 'checkpoints' / '8')
+  (tmp_path / 'summary.json').unlink()
+  for _ in range(2):
+    loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    assert helpers.checkpoint_steps(tmp_path) == [4, 8]
