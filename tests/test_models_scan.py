@@ -104,12 +104,34 @@ def test_unit_names_address_every_unit():
   assert set(names) == {k for k in unrolled if k.startswith('stage')}
 
 
-def test_scan_turns_on_for_deep_nets_only():
+def _auto_scanned(backend, monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  return [(f, d) for f, family in models.FAMILIES.items() for d in family.depths
+          if models.create_model(f, d).scan]
+
+
+def test_on_cpu_scan_turns_on_only_where_unrolling_would_not_compile_in_seconds(monkeypatch):
+  # XLA:CPU runs scanned units ~20x slower, and ResNet-110 compiles unrolled in ~7 s: only the
+  # nets of CPU_SCAN_AUTO_MIN_UNITS units or more scan (CIFAR 1001: 333 units, 1202: 600).
+  assert jax.default_backend() == 'cpu'  # The tests run on CPU: the real backend decides here.
+  assert not models.create_model('cifar', 110).scan
+  assert not models.create_model('cifar', 164).scan
+  assert models.create_model('cifar', 1001).scan
+  assert models.create_model('cifar', 1202).scan
+  assert _auto_scanned('cpu', monkeypatch) == [('cifar', 1202), ('cifar', 1001)]
+
+
+def test_on_accelerators_scan_turns_on_for_deep_nets(monkeypatch):
   # On when a stage has more than 8 identical units (SCAN_AUTO_MIN_REPEATS = 9).
-  auto = {(f, d): models.create_model(f, d).scan for f, family in models.FAMILIES.items()
-          for d in family.depths}
-  assert [k for k, on in auto.items() if on] == [
-      ('cifar', 110), ('cifar', 1202), ('cifar', 164), ('cifar', 1001),
-      ('imagenet', 101), ('imagenet', 152), ('imagenet', 200)]
-  assert models.create_model('cifar', 20, scan=True).scan
-  assert not models.create_model('cifar', 1001, scan=False).scan
+  for backend in ('gpu', 'tpu'):
+    assert _auto_scanned(backend, monkeypatch) == [
+        ('cifar', 110), ('cifar', 1202), ('cifar', 164), ('cifar', 1001),
+        ('imagenet', 101), ('imagenet', 152), ('imagenet', 200)]
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
+def test_explicit_scan_always_wins(backend, monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  for depth in (20, 110, 1001, 1202):
+    assert models.create_model('cifar', depth, scan=True).scan
+    assert not models.create_model('cifar', depth, scan=False).scan

@@ -2,16 +2,37 @@
 
 import numbers
 
+import jax
+
 from resnet_jax.models import layers
 from resnet_jax.models.resnet import FAMILIES, SHORTCUTS, ResNet
 from resnet_jax.models.units import PLACEMENTS
 
-# scan=None scans the nets where a stage has more than this many identical units (units 2..n).
-# Compile time of an unrolled net grows with its unit count while a scanned stage compiles once;
-# below this size unrolling compiles in seconds, runs a little faster and keeps one readable
-# variable tree per unit. It turns scan on for CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
-# Measured figures: benchmarks/compile_time.py.
+# scan=None picks nn.scan per backend, when the model is created (jax.default_backend()):
+# - Accelerators (GPU, TPU) scan the nets where a stage has more than SCAN_AUTO_MIN_REPEATS - 1
+#   identical units (units 2..n). Compile time of an unrolled net grows with its unit count while
+#   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
+#   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
+# - XLA:CPU runs a scanned unit about 20x slower per step than an unrolled one (ResNet-110, batch
+#   32: 21 s vs 0.78 s a step), because the loop body is not fused or parallelised as well, while
+#   the unrolled ResNet-110 compiles in about 7 s (about 0.13 s a unit). So the CPU unrolls every
+#   net below CPU_SCAN_AUTO_MIN_UNITS units (unrolled compile well under 30 s) and scans only the
+#   nets that would otherwise take minutes to compile: CIFAR 1001 (333 units) and 1202 (600).
+# An explicit scan=True/False always wins. Measured figures: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
+CPU_SCAN_AUTO_MIN_UNITS = 128
+
+
+def scan_by_default(stage_sizes, backend=None) -> bool:
+  """What scan=None resolves to for a net with these units per stage on `backend`.
+
+  backend: 'cpu', 'gpu', 'tpu', ...; None asks jax.default_backend().
+  """
+  if backend is None:
+    backend = jax.default_backend()
+  if backend == 'cpu':
+    return sum(stage_sizes) >= CPU_SCAN_AUTO_MIN_UNITS
+  return max(stage_sizes) - 1 >= SCAN_AUTO_MIN_REPEATS
 
 
 def _allowed_depths(family):
@@ -55,8 +76,13 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     width: multiplier of every width (stem included).
     dtype, param_dtype: compute and parameter dtypes ('float32', 'bfloat16', 'float16' or the
       jnp types). BN statistics and the logits are float32 whatever they are.
-    scan: run units 2..n of each stage under nn.scan; None scans deep nets only (see
-      SCAN_AUTO_MIN_REPEATS). Scanned and unrolled nets compute the same function.
+    scan: run units 2..n of each stage under nn.scan. None decides by the backend that
+      jax.default_backend() names when the model is created (`scan_by_default`): on CPU, scan
+      only nets of CPU_SCAN_AUTO_MIN_UNITS units or more (CIFAR 1001 and 1202), since XLA:CPU runs
+      scanned units ~20x slower and unrolled nets below that size compile in seconds; on
+      accelerators, scan every net with a stage of more than SCAN_AUTO_MIN_REPEATS - 1 identical
+      units (CIFAR 110 and deeper, ImageNet 101 and deeper). True/False always wins. Scanned and
+      unrolled nets compute the same function.
     remat: rematerialise each unit in the backward pass (nn.remat).
     zero_init_last: zero-initialise the last scale of each residual branch (see ResidualUnit).
     stochastic_depth: drop rate p_L of the last unit; unit l of L drops with l/L * p_L
@@ -110,7 +136,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
   if not bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
   if scan is None:
-    scan = max(stage_sizes) - 1 >= SCAN_AUTO_MIN_REPEATS
+    scan = scan_by_default(stage_sizes)
 
   return ResNet(
       stage_sizes=stage_sizes, widths=widths, strides=spec.strides,
