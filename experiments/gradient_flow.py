@@ -1,0 +1,344 @@
+"""Gradient flow through plain, original and pre-activation nets, unit by unit.
+
+  python -m experiments.gradient_flow --budget smoke --results_dir runs/exp/gradient_flow
+
+For each net, on one fixed real batch (no augmentation, the train-mode forward pass, the mean
+cross-entropy of the trainer without weight decay), it measures two norms per residual unit:
+
+* the loss gradient with respect to the unit's parameters (its whole variable subtree; under
+  nn.scan the stacked subtree is split back into units first), and
+* the loss gradient with respect to the unit's input, the residual stream entering the unit.
+
+The second one needs no hook in the model: `_tap_unit_inputs` intercepts each ResidualUnit call
+(flax's nn.intercept_methods) and routes its input through an identity whose backward pass writes
+the squared norm of the incoming gradient into the cotangent of a per-unit probe. The probe rides
+in the model's `unit_mask` argument, which the net already slices per unit, under nn.scan too;
+the interceptor takes it away from the unit, so no branch is scaled. One backward pass thus gives
+both norms, for scanned and unrolled nets alike.
+
+Nets (He et al. 2015 and 2016): plain (shortcut 'none', the 2015 'original' placement), original
+(shortcut A for basic, B for bottleneck nets) and full pre-activation. Each is measured at
+initialisation and at the checkpoints of a short training run made by the sweep runner
+(experiments/sweep.py, hence resnet_jax.train.loop.train_and_evaluate). Identity Mappings Sec. 3
+argues that with identity shortcuts and no activation after the addition, the gradient at any unit
+contains the gradient at the top unchanged, so the first-to-last ratio should stay near 1 for
+pre-activation nets and drift for the others; the tables report whatever is measured.
+"""
+
+import argparse
+import dataclasses
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import sweep
+from resnet_jax import data, models
+from resnet_jax.models.units import ResidualUnit
+from resnet_jax.train import loop
+
+STUDY = 'gradient_flow'
+NETS = {  # label -> (placement, shortcut); shortcut None is the family's default (A basic, B bottleneck)
+    'plain': ('original', 'none'),
+    'original': ('original', None),
+    'preact': ('full_preact', None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  init_depths: tuple[int, ...]      # measured at initialisation only
+  train_depths: tuple[int, ...]     # trained, then measured at init and at each checkpoint
+  train_steps: int
+  checkpoint_every: int
+  batch_size: int
+  measure_batch: int                # images in the fixed measurement batch
+  eval_split: str
+  big_measure_batch: int            # for nets of more than 200 units (ResNet-1001, 1202)
+
+
+BUDGETS = {
+    # Real CIFAR-10, under 3 minutes on 2 cores: depths 20 and 56 at init, ResNet-20 trained 20 steps.
+    'smoke': Budget(init_depths=(56,), train_depths=(20,), train_steps=20, checkpoint_every=20,
+                    batch_size=32, measure_batch=32, eval_split='test[:500]', big_measure_batch=8),
+    # ~45 min on 2 cores: 20/56/110 trained 200 steps, ResNet-1001 (bottleneck) at init.
+    'cpu': Budget(init_depths=(1001,), train_depths=(20, 56, 110), train_steps=200,
+                  checkpoint_every=50, batch_size=32, measure_batch=64, eval_split='test[:2000]',
+                  big_measure_batch=8),
+    # An accelerator: depths 20 to 1001, 16k steps (the recipe's lr 0.1 with /10 at 8k and 12k).
+    'paper': Budget(init_depths=(), train_depths=(20, 56, 110, 164, 1001), train_steps=16000,
+                    checkpoint_every=2000, batch_size=128, measure_batch=128, eval_split='test',
+                    big_measure_batch=64),
+}
+
+
+@jax.custom_vjp
+def _tap(x, probe):
+  del probe
+  return x
+
+
+def _tap_fwd(x, probe):
+  del probe
+  return x, None
+
+
+def _tap_bwd(_, g):
+  # The identity passes g on unchanged; the probe's cotangent is |g|^2 of this unit's input.
+  return g, jnp.sum(jnp.square(g.astype(jnp.float32)))
+
+
+_tap.defvjp(_tap_fwd, _tap_bwd)
+
+
+def _tap_unit_inputs(next_fun, args, kwargs, context):
+  if context.method_name != '__call__' or not isinstance(context.module, ResidualUnit):
+    return next_fun(*args, **kwargs)
+  x, drop_rate, probe = (list(args) + [None, None])[:3]
+  drop_rate = kwargs.pop('drop_rate', drop_rate)
+  probe = kwargs.pop('keep', probe)
+  return next_fun(_tap(x, probe), drop_rate, None, **kwargs)
+
+
+def gradient_norms_fn(model):
+  """jit'd (variables, images, labels) -> (loss, per-unit parameter gradients, squared input
+  gradient norms); compiled once per model, reused for every checkpoint of a run."""
+  num_units = len(models.unit_names(model))
+
+  def loss_fn(params, probe, batch_stats, images, labels):
+    with nn.intercept_methods(_tap_unit_inputs):
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                              train=True, unit_mask=probe, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  @jax.jit
+  def fn(variables, images, labels):
+    loss, (grads, probe_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+        variables['params'], jnp.zeros((num_units,), jnp.float32), variables['batch_stats'],
+        images, labels)
+    if model.scan:
+      grads = models.scan_to_unrolled({'params': grads}, model)['params']
+    sq = {name: sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+                    for leaf in jax.tree.leaves(grads[name]))
+          for name in models.unit_names(model)}
+    return loss, sq, probe_grads
+  return fn
+
+
+def unit_gradient_norms(model, variables, images, labels, fn=None):
+  """Per-unit gradient norms of the mean cross-entropy, in `models.unit_names(model)` order.
+
+  Returns {'units': names, 'param': [L2 norm of d loss / d unit parameters],
+  'input': [L2 norm of d loss / d unit input], 'loss': float}, float64 NumPy arrays.
+  fn: gradient_norms_fn(model), to reuse its compilation.
+  """
+  names = models.unit_names(model)
+  loss, sq, probe_grads = (fn or gradient_norms_fn(model))(variables, images, labels)
+  return {'units': names, 'param': np.sqrt(np.array([float(sq[n]) for n in names])),
+          'input': np.sqrt(np.asarray(probe_grads, np.float64)), 'loss': float(loss)}
+
+
+def fixed_batch(config, num_images: int):
+  """The first `num_images` training images, as the eval pipeline prepares them (no augmentation)."""
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.eval_split = f'{config.data.train_split}[:{num_images}]'
+  batch = next(iter(data.create_eval_iterator(data_config, global_batch_size=num_images)))
+  return jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+
+
+def init_variables(config, model):
+  """The variables the trainer starts from (resnet_jax.train.state: same seed, same split)."""
+  init_rng, _ = jax.random.split(jax.random.key(config.seed))
+  shape = (1, config.data.image_size, config.data.image_size, 3)
+  return model.init(init_rng, jnp.zeros(shape, jnp.float32), train=False)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  root = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
+
+
+def checkpoint_variables(workdir: str, step: int) -> dict:
+  """{'params', 'batch_stats'} of the train state that the trainer saved at `step`."""
+  import orbax.checkpoint as ocp  # Only the studies that read checkpoints need orbax.
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(path)
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+def base_config(dataset: str):
+  if dataset == 'cifar100':
+    from configs import cifar100 as module
+  else:
+    from configs import cifar10 as module
+  return module.get_config()
+
+
+def net_config(dataset, depth, net, budget: Budget, seed: int):
+  placement, shortcut = NETS[net]
+  config = base_config(dataset)
+  config.seed = seed
+  config.model.depth = depth
+  config.model.placement = placement
+  config.model.shortcut = shortcut
+  points = budget.train_steps // budget.checkpoint_every
+  sweep.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
+                     eval_split=budget.eval_split, evals=points, paper=False, unrolled=False,
+                     warmup_steps=None if budget.train_steps > 4000 else budget.train_steps // 10)
+  # Keep every checkpoint: each one is a measurement point.
+  config.keep_checkpoints = points + 1
+  config.keep_best_checkpoint = False
+  return config
+
+
+def build_runs(budget: Budget, dataset: str, seeds: int) -> list:
+  runs = []
+  for depth in budget.train_depths:
+    for net in NETS:
+      for seed in range(seeds):
+        runs.append(sweep.Run(
+            name=f'{net}{depth}_s{seed}', config=net_config(dataset, depth, net, budget, seed),
+            meta={'study': STUDY, 'net': net, 'depth': depth}))
+  return runs
+
+
+def _ratio_rows(measurements):
+  rows = []
+  for m in measurements:
+    rows.append({
+        'net': m['net'], 'depth': m['depth'], 'seed': m['seed'], 'step': m['step'],
+        'units': len(m['units']), 'loss': round(m['loss'], 4),
+        'param_first': float(m['param'][0]), 'param_last': float(m['param'][-1]),
+        'param_first/last': float(m['param'][0] / m['param'][-1]),
+        'input_first': float(m['input'][0]), 'input_last': float(m['input'][-1]),
+        'input_first/last': float(m['input'][0] / m['input'][-1]),
+        'batch': m['batch'], 'scan': m['scan'], 'hardware': m['hardware'],
+        'wall_s': round(m['wall_s'], 1)})
+  return rows
+
+
+def _plot(measurements, path, title, kind):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  steps = sorted({m['step'] for m in measurements})
+  fig, axes = plt.subplots(1, len(steps), figsize=(5.5 * len(steps), 4.2), squeeze=False)
+  for ax, step in zip(axes[0], steps):
+    for m in measurements:
+      if m['step'] != step or m['seed'] != 0:
+        continue
+      ax.semilogy(np.arange(1, len(m['units']) + 1), m[kind], label=f"{m['net']}-{m['depth']}",
+                  lw=1.2)
+    ax.set_xlabel('unit index (input side = 1)')
+    ax.set_ylabel({'param': '|dL/d unit params|', 'input': '|dL/d unit input|'}[kind])
+    ax.set_title(f'step {step}' + (' (init)' if step == 0 else ''))
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def measure(model, variables, images, labels, fn, **meta):
+  started = time.perf_counter()
+  result = unit_gradient_norms(model, variables, images, labels, fn)
+  return {**meta, **result, 'wall_s': time.perf_counter() - started,
+          'hardware': sweep.hardware()}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sweep.add_flags(parser)
+  args = parser.parse_args(argv)
+  budget = BUDGETS[args.budget]
+  dataset = getattr(args, 'dataset', None) or 'cifar10'
+  seeds = getattr(args, 'seeds', None) or 1
+  results_dir = os.path.abspath(args.results_dir)
+  os.makedirs(results_dir, exist_ok=True)
+  started = time.perf_counter()
+
+  runs = build_runs(budget, dataset, seeds)
+  train_rows = sweep.run_sweep(runs, results_dir, jobs=getattr(args, 'jobs', 1) or 1)
+
+  images = labels = None
+  measurements = []
+  points = [(r.config, r.meta, r.config.seed, row['workdir']) for r, row in zip(runs, train_rows)]
+  points += [(net_config(dataset, d, net, budget, 0), {'study': STUDY, 'net': net, 'depth': d},
+              0, None) for d in budget.init_depths for net in NETS]
+  for config, meta, seed, workdir in points:
+    model = loop.create_model(config, sync_batch_stats=False)
+    n_images = (budget.big_measure_batch if len(models.unit_names(model)) > 200
+                else budget.measure_batch)
+    if images is None or images.shape[0] < n_images:
+      images, labels = fixed_batch(config, max(n_images, budget.measure_batch))
+    x, y = images[:n_images], labels[:n_images]
+    steps = [0] + (checkpoint_steps(workdir) if workdir else [])
+    fn = gradient_norms_fn(model)
+    for step in steps:
+      variables = init_variables(config, model) if step == 0 else checkpoint_variables(workdir, step)
+      m = measure(model, variables, x, y, fn, net=meta['net'], depth=meta['depth'], seed=seed,
+                  step=step, batch=n_images, scan=model.scan)
+      measurements.append(m)
+      print(f"{STUDY}: {m['net']}-{m['depth']} seed {seed} step {step}: |dL/dx| first/last "
+            f"{m['input'][0] / m['input'][-1]:.3g}, |dL/dw| first/last "
+            f"{m['param'][0] / m['param'][-1]:.3g} ({m['wall_s']:.1f} s)", flush=True)
+
+  write_results(results_dir, args.budget, measurements, train_rows, time.perf_counter() - started)
+  return measurements
+
+
+def write_results(results_dir, budget, measurements, train_rows, wall_s):
+  title = sweep.plot_title(STUDY, budget, train_rows)
+  files = []
+  for kind in ('input', 'param'):
+    name = f'gradient_{kind}_norms.png'
+    _plot(measurements, os.path.join(results_dir, name),
+          f'{title}\n|dL/d unit {"input" if kind == "input" else "parameters"}| per unit', kind)
+    files.append(name)
+
+  rows = _ratio_rows(measurements)
+  sweep.write_csv(rows, os.path.join(results_dir, 'results.csv'))
+  per_unit = [{'net': m['net'], 'depth': m['depth'], 'seed': m['seed'], 'step': m['step'],
+               'unit': i + 1, 'name': name, 'input_grad_norm': float(m['input'][i]),
+               'param_grad_norm': float(m['param'][i])}
+              for m in measurements for i, name in enumerate(m['units'])]
+  sweep.write_csv(per_unit, os.path.join(results_dir, 'per_unit.csv'))
+  files += ['results.csv', 'per_unit.csv']
+
+  fmt = lambda r: {**r, **{k: f'{r[k]:.3g}' for k in r if isinstance(r[k], float)}}
+  lines = [
+      sweep.header(STUDY, budget, train_rows, wall_s),
+      'Norms of the gradient of the mean cross-entropy on one fixed batch of real training '
+      'images (train-mode BN, no weight decay), per residual unit, unit 1 nearest the input. '
+      '`input_first/last` is |dL/dx| at the first unit over that at the last; '
+      '`param_first/last` the same for the units\' parameters. Step 0 is initialisation (the '
+      'trainer\'s own init); later steps are the training runs\' checkpoints. The papers give no '
+      'numbers for these norms (Identity Mappings Sec. 3 argues that the pre-activation stream '
+      'passes the top gradient to every unit unchanged), so there is no paper column.', '',
+      sweep.markdown_table([fmt(r) for r in rows],
+                           ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
+                            'input_first/last', 'param_first/last', 'input_first', 'input_last',
+                            'wall_s']),
+      '', '## Training runs (through experiments/sweep.py)', '',
+      sweep.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
+                                        'test_error', 'eval_examples', 'wall_s', 'status']),
+      '', 'Per-unit norms: per_unit.csv. Plots: ' + ', '.join(
+          f'[{f}]({f})' for f in files if f.endswith('.png')), '']
+  with open(os.path.join(results_dir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines))
+  files.insert(0, 'results.md')
+  sweep.write_manifest(results_dir, study=STUDY, budget=budget, rows=train_rows, files=files,
+                       wall_s=wall_s, notes='gradient norms per unit at init and at checkpoints')
+
+
+if __name__ == '__main__':
+  main()

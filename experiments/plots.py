@@ -1,0 +1,93 @@
+"""The studies' figures (matplotlib, Agg backend): curves from metrics.jsonl and bar charts."""
+
+import os
+import statistics
+import textwrap
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from experiments import sweep  # noqa: E402
+
+
+def median_curve(workdirs: list[str], metric: str) -> list[tuple[int, float]]:
+  """The median across runs (seeds) of one metric, at each step that every run logged."""
+  per_run = [dict(sweep.curves(w)[metric]) for w in workdirs]
+  per_run = [c for c in per_run if c]
+  if not per_run:
+    return []
+  steps = sorted(set.intersection(*(set(c) for c in per_run)))
+  return [(s, statistics.median(c[s] for c in per_run)) for s in steps]
+
+
+def curves(rows: list[dict], *, group: str, panel: str, metrics, ylabel: str, title: str,
+           path: str, panel_order=None, panel_label=str) -> str:
+  """One subplot per value of `panel`, one colour per value of `group` (median across seeds),
+  one line style per metric: metrics = [(metric, linestyle, label suffix)]."""
+  ok = [r for r in rows if r['status'] == 'ok']
+  panels = panel_order or sorted({r[panel] for r in ok}, key=str)
+  groups = list(dict.fromkeys(r[group] for r in ok))
+  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(7.0, 5.5 * len(panels)), 4.4),
+                           squeeze=False, sharey=True)
+  colours = plt.get_cmap('tab10')
+  for ax, value in zip(axes[0], panels):
+    for i, g in enumerate(groups):
+      workdirs = [r['workdir'] for r in ok if r[panel] == value and r[group] == g]
+      for metric, style, suffix in metrics:
+        curve = median_curve(workdirs, metric)
+        if curve:
+          ax.plot(*zip(*curve), linestyle=style, color=colours(i % 10),
+                  label=f'{g}{suffix}', marker='o' if len(curve) < 8 else None, markersize=3)
+    ax.set_title(panel_label(value))
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel(ylabel)
+  fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return os.path.basename(path)
+
+
+def curves_by_group(rows, *, group: str, panel: str, title: str, out_dir: str, series) -> list[str]:
+  """One figure per (metric, y label, file name) of `series`: see `curves`."""
+  return [curves(rows, group=group, panel=panel, metrics=[(metric, '-', '')], ylabel=ylabel,
+                 title=title, path=os.path.join(out_dir, filename),
+                 panel_label=lambda v: f'{panel} {v}')
+          for metric, ylabel, filename in series]
+
+
+def bars(cells: list[dict], *, title: str, path: str) -> str:
+  """Median final test error per placement (one group of bars per depth), error bars the std
+  across seeds, the paper's median as a black tick where it has one."""
+  depths = sorted({c['depth'] for c in cells})
+  placements = list(dict.fromkeys(c['placement'] for c in cells))
+  width = 0.8 / max(1, len(depths))
+  labelled = set()
+  fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(placements)), 4.4))
+  for j, depth in enumerate(depths):
+    for i, placement in enumerate(placements):
+      cell = next((c for c in cells if c['depth'] == depth and c['placement'] == placement), None)
+      if not cell or not cell['test']:
+        continue
+      x = i + (j - (len(depths) - 1) / 2) * width
+      std = statistics.stdev(cell['test']) if len(cell['test']) > 1 else 0.0
+      ax.bar(x, statistics.median(cell['test']), width * 0.9, yerr=std, capsize=3,
+             color=plt.get_cmap('tab10')(j), label=f'ResNet-{depth} (median, std bars)'
+             if i == 0 else None)
+      if cell.get('paper median %') is not None:
+        ax.plot([x - width * 0.4, x + width * 0.4], [cell['paper median %']] * 2, color='black',
+                label=None if 'paper' in labelled else 'paper median')
+        labelled.add('paper')
+  ax.set_xticks(range(len(placements)), placements, rotation=15, fontsize=8)
+  ax.set_ylabel('final test error (%)')
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return os.path.basename(path)

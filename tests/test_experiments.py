@@ -1,0 +1,164 @@
+"""The studies of experiments/ at their smoke budget, on the real CIFAR-10, as a user runs them.
+
+Skipped, with the reason, when CIFAR-10 is not prepared in TFDS_DATA_DIR.
+"""
+
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import sweep
+from tests import helpers
+
+ROOT = helpers.ROOT
+needs_cifar10 = pytest.mark.skipif(
+    helpers.shared_tfds_dataset('cifar10') is None,
+    reason='CIFAR-10 (tfds array_record) not found under $TFDS_DATA_DIR; '
+           'see ../shared/data/README.md')
+
+
+def _study(name, results_dir, *extra, timeout=600):
+  command = [sys.executable, '-m', f'experiments.{name}', '--budget', 'smoke',
+             '--results_dir', str(results_dir), *extra]
+  return subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _is_png(path):
+  data = pathlib.Path(path).read_bytes()
+  return len(data) > 1000 and data[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def ablation(tmp_path_factory):
+  out = tmp_path_factory.mktemp('ablation')
+  started = time.perf_counter()
+  result = _study('activation_ablation', out)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return out, time.perf_counter() - started
+
+
+@pytest.fixture(scope='module')
+def degradation(tmp_path_factory):
+  out = tmp_path_factory.mktemp('degradation')
+  result = _study('degradation', out)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return out, result.stdout
+
+
+@needs_cifar10
+def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
+  out, seconds = ablation
+  assert seconds < 180, f'the smoke budget took {seconds:.0f} s'
+  rows = _csv(out / 'results.csv')
+  assert [r['placement'] for r in rows] == ['original', 'full_preact']
+  for column in ('dataset', 'placement', 'depth', 'seed', 'config.model.placement',
+                 'train_error', 'test_error', 'wall_s', 'hardware', 'status'):
+    assert column in rows[0], column
+  for row in rows:
+    assert row['status'] == 'ok'
+    assert 0 <= float(row['test_error']) <= 100 and 0 <= float(row['train_error']) <= 100
+  md = (out / 'results.md').read_text()
+  assert '| 20 | original | 1/1 |' in md and '| 20 | full_preact | 1/1 |' in md
+  assert 'python -m experiments.activation_ablation --budget smoke' in md
+  for png in ('test_error_curves.png', 'train_loss_curves.png', 'bars.png'):
+    assert _is_png(out / png), png
+
+
+@needs_cifar10
+def test_degradation_smoke_writes_table_verdict_and_fig6(degradation):
+  out, stdout = degradation
+  rows = _csv(out / 'results.csv')
+  assert [(r['net'], r['depth']) for r in rows] == [
+      ('plain', '20'), ('plain', '32'), ('residual', '20'), ('residual', '32')]
+  assert all(r['status'] == 'ok' for r in rows)
+  md = (out / 'results.md').read_text()
+  assert 'Plain nets, final training error' in md and 'Residual nets' in md
+  assert _is_png(out / 'fig6_curves.png')
+
+
+@needs_cifar10
+def test_rerun_skips_finished_runs(ablation):
+  out, first = ablation
+  started = time.perf_counter()
+  result = _study('activation_ablation', out)
+  seconds = time.perf_counter() - started
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count('finished before, skipped') == 2, result.stdout
+  assert seconds < first / 2, (seconds, first)
+
+
+@needs_cifar10
+def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp_path):
+  docs = tmp_path / 'results.md'
+  docs.write_text('# Measured results\n\nHand-written part.\n')
+  command = [sys.executable, '-m', 'experiments.report', '--docs', str(docs),
+             '--results_dir', str(ablation[0]), str(degradation[0]), str(tmp_path / 'nothing')]
+  for _ in range(2):  # The second run replaces the generated part instead of adding another.
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+  text = docs.read_text()
+  assert text.startswith('# Measured results\n\nHand-written part.\n')
+  assert text.count('<!-- experiments:begin') == 1 and text.count('<!-- experiments:end') == 1
+  assert '### activation_ablation (smoke budget)' in text and '### degradation (smoke budget)' in text
+  assert 'left out' in result.stderr
+  assert _is_png(tmp_path / 'results' / 'degradation-smoke' / 'fig6_curves.png')
+
+
+@pytest.mark.slow
+@needs_cifar10
+def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
+  out = tmp_path / 'killed'
+  command = [sys.executable, '-m', 'experiments.activation_ablation', '--budget', 'smoke',
+             '--results_dir', str(out)]
+  proc = subprocess.Popen(command, cwd=ROOT, env=helpers.env(1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  checkpoint = out / 'runs' / 'original-d20-s0' / 'checkpoints' / '15'
+  deadline = time.time() + 300
+  while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  time.sleep(1.0)
+  os.killpg(proc.pid, signal.SIGKILL)  # Mid-run: step 15 of 30 saved, the rest not.
+  proc.wait()
+  assert not (out / 'runs' / 'original-d20-s0' / 'summary.json').exists()
+  result = subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = _csv(out / 'results.csv')
+  uninterrupted = _csv(ablation[0] / 'results.csv')
+  assert [(r['placement'], r['test_error'], r['train_error']) for r in resumed] == [
+      (r['placement'], r['test_error'], r['train_error']) for r in uninterrupted]
+
+
+def test_paper_numbers_match_the_reference_file():
+  papers = ROOT.parent / 'shared' / 'reference' / 'papers.md'
+  if not papers.exists():
+    pytest.skip(f'{papers} not found')
+  text = papers.read_text()
+  table2 = sweep.paper_numbers()['identity_mappings_table2']
+  rows = [line for line in text.splitlines() if line.startswith('| (')]
+  assert len(rows) == 5
+  for line, placement in zip(rows, ('original', 'bn_after_add', 'relu_before_add',
+                                    'relu_only_preact', 'full_preact')):
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    assert float(cells[1]) == table2['ResNet-110'][placement]
+    assert float(cells[2]) == table2['ResNet-164'][placement]
+  assert sweep.paper_numbers()['resnet2015_table6']['residual'][20] == 8.75
+
+
+def test_markdown_table_and_csv(tmp_path):
+  rows = [{'a': 1, 'b': 2.5}, {'a': 2, 'c': None}]
+  assert sweep.markdown_table(rows, ['a', 'b']) == '| a | b |\n|---|---|\n| 1 | 2.50 |\n| 2 | - |'
+  sweep.write_csv(rows, tmp_path / 'r.csv')
+  assert _csv(tmp_path / 'r.csv') == [{'a': '1', 'b': '2.5', 'c': ''}, {'a': '2', 'b': '', 'c': ''}]

@@ -1,0 +1,223 @@
+"""The gradient-flow and lesion studies: their measurements on tiny nets, and their smoke budgets."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import gradient_flow, lesion
+from resnet_jax import models
+from resnet_jax.models.units import ResidualUnit
+from tests.test_models_util import random_variables
+
+SHAPE = (4, 8, 8, 3)
+
+
+def _batch():
+  images = jnp.asarray(np.random.default_rng(1).normal(size=SHAPE), jnp.float32)
+  return images, jnp.array([0, 1, 2, 3])
+
+
+def _perturbed_input_grads(model, variables, images, labels):
+  """|dL/d unit input| the slow, obvious way: flax's perturb on each unit's input (unrolled)."""
+  def perturb_inputs(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and isinstance(context.module, ResidualUnit):
+      args = (context.module.perturb('input', args[0]),) + tuple(args[1:])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(perturb_inputs):
+    perturbations = model.apply(variables, images, train=True, mutable=['batch_stats',
+                                                                        'perturbations'])[1]
+  perturbations = perturbations['perturbations']
+
+  def loss_fn(p):
+    with nn.intercept_methods(perturb_inputs):
+      logits, _ = model.apply({**variables, 'perturbations': p}, images, train=True,
+                              mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  grads = jax.grad(loss_fn)(perturbations)
+  return np.array([float(jnp.linalg.norm(grads[name]['input']))
+                   for name in models.unit_names(model)])
+
+
+def test_plain_net_norms_at_init_are_finite_positive_and_one_per_unit():
+  model = models.create_model('cifar', 20, shortcut='none', scan=False)
+  variables = random_variables(model, SHAPE)
+  result = gradient_flow.unit_gradient_norms(model, variables, *_batch())
+  assert result['units'] == models.unit_names(model) and len(result['units']) == 9
+  for kind in ('param', 'input'):
+    assert result[kind].shape == (9,)
+    assert np.all(np.isfinite(result[kind])) and np.all(result[kind] > 0)
+
+
+def test_input_norms_are_the_gradients_wrt_each_unit_input_scanned_or_not():
+  # The tap must give exactly |dL/dx| at each unit's input (checked against flax's perturb), must
+  # not scale any branch (the loss is the plain loss), and must work the same under nn.scan.
+  model = models.create_model('cifar', 20, placement='full_preact', shortcut='B', scan=False)
+  variables = random_variables(model, SHAPE)
+  images, labels = _batch()
+  result = gradient_flow.unit_gradient_norms(model, variables, images, labels)
+  np.testing.assert_allclose(result['input'],
+                             _perturbed_input_grads(model, variables, images, labels), rtol=1e-4)
+  logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(
+      result['loss'], optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+      rtol=1e-6)
+  scanned = gradient_flow.unit_gradient_norms(
+      model.clone(scan=True), models.unrolled_to_scan(variables, model), images, labels)
+  for kind in ('param', 'input'):
+    np.testing.assert_allclose(scanned[kind], result[kind], rtol=1e-4)
+
+
+def test_lesion_units_mark_the_downsampling_units():
+  units = lesion.lesion_units(models.create_model('cifar', 20))
+  assert len(units) == 9 and [u['index'] for u in units] == list(range(9))
+  assert [u['name'] for u in units if u['downsampling']] == ['stage2_unit1', 'stage3_unit1']
+  assert [u['changes_shape'] for u in units] == [u['downsampling'] for u in units]
+  bottleneck = lesion.lesion_units(models.create_model('cifar', 164))
+  assert len(bottleneck) == 54
+  assert [u['index'] for u in bottleneck if u['downsampling']] == [18, 36]
+  # The first bottleneck unit widens 16 -> 64 channels without striding.
+  assert [u['index'] for u in bottleneck if u['changes_shape']] == [0, 18, 36]
+
+
+def test_lesion_masks_bookkeeping():
+  units = lesion.lesion_units(models.create_model('cifar', 20))
+  masks = lesion.lesion_masks(units, draws=3, methods=('mask', 'skip'))
+  assert masks[0]['kind'] == 'intact' and masks[0]['deleted'] == []
+  single = {method: [m['unit'] for m in masks if m['kind'] == 'single' and m['method'] == method]
+            for method in ('mask', 'skip')}
+  assert single['mask'] == list(range(9))
+  assert single['skip'] == [0, 1, 2, 4, 5, 7, 8]  # not the downsampling units 3 and 6
+  for method, n in (('mask', 9), ('skip', 7)):
+    random = [m for m in masks if m['kind'] == 'random' and m['method'] == method]
+    assert sorted({m['k'] for m in random}) == list(range(1, n + 1))
+    assert len(random) == 3 * (n - 1) + 1
+    for m in random:
+      assert len(m['deleted']) == m['k'] == len(set(m['deleted']))
+      assert method == 'mask' or not set(m['deleted']) & {3, 6}
+
+
+def test_deleting_units_of_a_preact_net_is_skipping_them_and_plain_nets_lose_their_only_path():
+  images, labels = _batch()
+  preact = models.create_model('cifar', 20, placement='full_preact', scan=False)
+  plain = models.create_model('cifar', 20, shortcut='none', scan=False)
+  for model in (preact, plain):
+    variables = random_variables(model, SHAPE)
+    wrong = lesion.make_error_fn(model)
+    logits = lambda mask, skip: jax.jit(
+        lambda v, m, s: _logits_with(model, v, images, m, s))(variables, mask, skip)
+    ones, zeros = np.ones(9, np.float32), np.zeros(9, np.float32)
+    one = zeros.copy()
+    one[4] = 1
+    masked, skipped = logits(ones - one, zeros), logits(ones, one)
+    if model is preact:  # An identity-shortcut pre-activation unit with no branch is the identity.
+      np.testing.assert_allclose(masked, skipped, rtol=1e-5, atol=1e-6)
+    else:  # No shortcut: masking zeroes the unit's output, every input gives the same logits.
+      assert np.allclose(masked, masked[:1], atol=1e-5)
+      assert not np.allclose(skipped, skipped[:1], atol=1e-5)
+    errors = lesion.run_lesions(model, variables, [(images, labels)],
+                                [{'method': 'none', 'deleted': []}], 9)
+    assert errors[0] == 100 * float(wrong(variables, images, labels, ones, zeros)) / 4
+
+
+def _logits_with(model, variables, images, mask, skip):
+  with nn.intercept_methods(lesion._skip_units(models.unit_names(model), skip)):
+    return model.apply(variables, images, train=False, unit_mask=mask)
+
+
+def _cifar10_present():
+  root = os.environ.get('TFDS_DATA_DIR', '')
+  return bool(root) and os.path.isdir(os.path.join(root, 'cifar10'))
+
+
+needs_cifar10 = pytest.mark.skipif(not _cifar10_present(),
+                                   reason='real CIFAR-10 (tfds ArrayRecord) is not in $TFDS_DATA_DIR')
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_study(study, results_dir):
+  """The one command of a study, as a user runs it: its own process, the machine's real devices
+  (not the 8 fake CPU devices of conftest.py, which a 500-image eval batch does not divide over)."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-m', f'experiments.{study}', '--budget', 'smoke',
+                         '--results_dir', results_dir], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _check_outputs(results_dir, study, n_plots):
+  with open(os.path.join(results_dir, 'results.json')) as f:
+    manifest = json.load(f)
+  assert manifest['study'] == study and manifest['budget'] == 'smoke'
+  assert manifest['hardware'] and manifest['versions'] and manifest['wall_s'] > 0
+  assert f'experiments.{study}' in manifest['command']
+  for name in manifest['files']:
+    assert os.path.getsize(os.path.join(results_dir, name)) > 0, name
+  pngs = [f for f in manifest['files'] if f.endswith('.png')]
+  assert len(pngs) == n_plots
+  for name in pngs:
+    with open(os.path.join(results_dir, name), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(os.path.join(results_dir, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  with open(os.path.join(results_dir, 'results.md')) as f:
+    text = f.read()
+  assert 'smoke budget' in text and manifest['hardware'].split(',')[0] in text
+  return manifest, rows, text
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_gradient_flow_smoke_budget(tmp_path):
+  results_dir = str(tmp_path / 'gradient_flow')
+  _run_study('gradient_flow', results_dir)
+  _, rows, text = _check_outputs(results_dir, 'gradient_flow', n_plots=2)
+  budget = gradient_flow.BUDGETS['smoke']
+  trained_points = len(budget.train_steps // budget.checkpoint_every * [0]) + 1
+  expected = len(gradient_flow.NETS) * (len(budget.train_depths) * trained_points
+                                        + len(budget.init_depths))
+  assert len(rows) == expected
+  for row in rows:
+    assert int(row['units']) == (int(row['depth']) - 2) // 2
+    for key in ('input_first/last', 'param_first/last'):
+      assert np.isfinite(float(row[key])) and float(row[key]) > 0
+  assert {int(r['step']) for r in rows} == {0, budget.checkpoint_every, budget.train_steps}
+  assert text.count('\n| plain |') + text.count('\n| original |') + text.count(
+      '\n| preact |') >= expected
+
+  out = _run_study('gradient_flow', results_dir)  # a rerun trains nothing
+  assert out.count('finished before, skipped') == len(gradient_flow.NETS) * len(
+      budget.train_depths)
+
+
+@needs_cifar10
+@pytest.mark.slow
+def test_lesion_smoke_budget(tmp_path):
+  results_dir = str(tmp_path / 'lesion')
+  _run_study('lesion', results_dir)
+  _, rows, text = _check_outputs(results_dir, 'lesion', n_plots=2)
+  units = 9
+  for net, methods in (('residual', {'mask'}), ('plain', {'mask', 'skip'})):
+    mine = [r for r in rows if r['net'] == net]
+    single = [r for r in mine if r['kind'] == 'single']
+    assert {r['method'] for r in single} == methods
+    assert sorted(int(r['unit']) for r in single if r['method'] == 'mask') == list(
+        range(1, units + 1))
+    assert {int(r['unit']) for r in single if r['downsampling'] == 'True'} == {4, 7}
+    assert all(0 <= float(r['error']) <= 100 for r in mine)
+    assert len([r for r in mine if r['kind'] == 'intact']) == 1
+  assert '## Deleting one unit' in text and '## Deleting k random units' in text
+
+  assert _run_study('lesion', results_dir).count('finished before, skipped') == 2
