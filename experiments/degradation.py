@@ -6,7 +6,7 @@ Plain nets (config.model.shortcut='none') and residual nets (option A shortcuts,
 unit) of the same depths, trained with the same recipe. Budgets:
   smoke: depths 20 and 32, 1 seed, 20 steps of batch 32, one eval on test[:500] at the end
     (about 2.5 minutes on 2 CPU cores): checks the machinery only.
-  cpu: depths 20/32/44/56, 1 seed, 200 steps of batch 128, the schedule compressed, eval on
+  cpu: depths 20/32/44/56, 1 seed, 300 steps of batch 128, the schedule compressed, eval on
     test[:2000] (about 45 min on 2 CPU cores): the start of training, where the plain nets'
     degradation already shows in the paper's Fig. 6.
   paper: depths 20/32/44/56/110, 1 seed (Fig. 6 plots one run per net; --seeds 5 for more), the
@@ -32,7 +32,7 @@ NETS = ('plain', 'residual')
 BUDGETS = {
     'smoke': dict(depths=(20, 32), seeds=1, steps=20, batch_size=32, eval_split='test[:500]',
                   evals=1),
-    'cpu': dict(depths=(20, 32, 44, 56), seeds=1, steps=200, batch_size=128,
+    'cpu': dict(depths=(20, 32, 44, 56), seeds=1, steps=300, batch_size=128,
                 eval_split='test[:2000]', evals=4),
     'paper': dict(depths=(20, 32, 44, 56, 110), seeds=1, steps=64_000, batch_size=128,
                   eval_split='test', evals=32),
@@ -40,7 +40,7 @@ BUDGETS = {
 WHAT_IT_SHOWS = {
     'smoke': 'Checks the machinery only (20 steps of one seed, 500 test images): the errors are '
              'near chance and the depth comparison below means nothing at this budget.',
-    'cpu': '200 steps (0.5 epoch) of one seed per net: the early part of the curves of Fig. 6, '
+    'cpu': '300 steps (0.77 epoch) of one seed per net: the early part of the curves of Fig. 6, '
            'where the paper already shows deeper plain nets with higher training error. It '
            'cannot show the final errors (Table 6: residual 8.75% for 20 layers down to 6.97% '
            'for 56), nor whether the ordering survives 64k steps.',
@@ -48,11 +48,7 @@ WHAT_IT_SHOWS = {
              'layers.',
 }
 DEVIATIONS = [
-    "Where the 2015 paper is silent, the authors' code (fb.resnet.torch) is followed in the "
-    'paper budget: SGD with Nesterov momentum 0.9 and weight decay 1e-4 on every parameter, BN '
-    'scales and biases included.',
-    'Inputs are normalised per channel (mean and std of the training set), not by per-pixel '
-    'mean subtraction.',
+    *sweep.COMMON_DEVIATIONS,
     'Training error is the running average over the last logging window of augmented training '
     "batches (as Fig. 6's training curves are), test error the final step's on the eval split.",
     'smoke and cpu budgets shorten the schedule (lr 0.1 divided by 10 at 50% and 75% of the '
@@ -155,29 +151,24 @@ def main(argv=None) -> int:
       metrics=[('train/error', '--', ' train'), ('eval/error', '-', ' test')],
       ylabel='error (%)', title=title + ' - dashed: training error, solid: test error',
       path=os.path.join(out, 'fig6_curves.png'))
-  files = ['results.md', 'results.csv', figure]
   conclusion = verdict(table)
-  md = [sweep.header(f'Degradation: plain vs residual nets, {args.dataset}', args.budget, rows,
-                     wall),
-        f'**What this budget shows.** {WHAT_IT_SHOWS[args.budget]}', '',
-        f'**From the numbers below.** {conclusion}', '',
-        '## Final error per depth (median over seeds)', '',
-        '"paper test error %" is Table 6 of He et al. 2015 (residual nets, full recipe); the '
-        'paper gives the plain nets as curves only (Fig. 6).', '',
-        sweep.markdown_table(table, ['net', 'depth', 'runs ok', 'train error %',
-                                     'test error %', 'paper test error %']), '',
-        '## Runs', '',
-        sweep.markdown_table(rows, ['net', 'depth', 'seed', 'train_error', 'test_error',
-                                    'eval_examples', 'steps', 'wall_s', 'status']), '',
-        '## Plot', '', f'![{figure}]({figure})', '',
-        '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write('\n'.join(md))
-  sweep.write_manifest(out, study=STUDY, budget=args.budget, rows=rows, files=files,
-                       wall_s=wall, notes=conclusion)
-  print(f'{conclusion}\nWrote {os.path.join(out, "results.md")} ({len(rows)} runs, '
-        f'{sum(r["status"] != "ok" for r in rows)} failed).', flush=True)
-  return 1 if any(r['status'] != 'ok' for r in rows) else 0
+  table_md = sweep.markdown_table(table, ['net', 'depth', 'runs ok', 'train error %',
+                                          'test error %', 'paper test error %'])
+  body = [f'**What this budget shows.** {WHAT_IT_SHOWS[args.budget]}', '',
+          f'**From the numbers below.** {conclusion}', '',
+          '## Final error per depth (median over seeds)', '',
+          '"paper test error %" is Table 6 of He et al. 2015 (residual nets, full recipe); the '
+          'paper gives the plain nets as curves only (Fig. 6).', '', table_md, '',
+          '## Runs', '',
+          sweep.markdown_table(rows, ['net', 'depth', 'seed', 'train_error', 'test_error',
+                                      'eval_examples', 'steps', 'wall_s', 'status']), '',
+          '## Plot', '', f'![{figure}]({figure})', '',
+          '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
+  print(conclusion, flush=True)
+  return sweep.publish(out, study=STUDY, title=f'Degradation: plain vs residual nets, '
+                       f'{args.dataset}', budget=args.budget, rows=rows,
+                       files=['results.csv', figure], wall_s=wall, body=body,
+                       notes=f'{WHAT_IT_SHOWS[args.budget]} {conclusion}', headline=table_md)
 
 
 if __name__ == '__main__':

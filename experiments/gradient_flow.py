@@ -28,6 +28,7 @@ pre-activation nets and drift for the others; the tables report whatever is meas
 import argparse
 import dataclasses
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -60,21 +61,40 @@ class Budget:
   measure_batch: int                # images in the fixed measurement batch
   eval_split: str
   big_measure_batch: int            # for nets of more than 200 units (ResNet-1001, 1202)
+  paper_recipe: bool = False        # Nesterov momentum and decay on BN (fb.resnet.torch)
 
 
 BUDGETS = {
     # Real CIFAR-10, under 3 minutes on 2 cores: depths 20 and 56 at init, ResNet-20 trained 20 steps.
     'smoke': Budget(init_depths=(56,), train_depths=(20,), train_steps=20, checkpoint_every=20,
                     batch_size=32, measure_batch=32, eval_split='test[:500]', big_measure_batch=8),
-    # ~45 min on 2 cores: 20/56/110 trained 200 steps, ResNet-1001 (bottleneck) at init.
-    'cpu': Budget(init_depths=(1001,), train_depths=(20, 56, 110), train_steps=200,
+    # ~25 min on 2 cores: 20/56/110 trained 200 steps; the bottleneck ResNet-164 and 1001 at init.
+    'cpu': Budget(init_depths=(164, 1001), train_depths=(20, 56, 110), train_steps=200,
                   checkpoint_every=50, batch_size=32, measure_batch=64, eval_split='test[:2000]',
                   big_measure_batch=8),
-    # An accelerator: depths 20 to 1001, 16k steps (the recipe's lr 0.1 with /10 at 8k and 12k).
+    # An accelerator: depths 20 to 1001, the first 16k of the paper recipe's 64k steps (lr 0.1
+    # throughout: its first decay is at 32k), measured every 2k steps.
     'paper': Budget(init_depths=(), train_depths=(20, 56, 110, 164, 1001), train_steps=16000,
                     checkpoint_every=2000, batch_size=128, measure_batch=128, eval_split='test',
-                    big_measure_batch=64),
+                    big_measure_batch=64, paper_recipe=True),
 }
+WHAT_IT_SHOWS = {
+    'smoke': 'Checks the machinery only: ResNet-56 at initialisation and ResNet-20 after 20 '
+             'steps; the norms are real, but two depths say nothing about a trend.',
+    'cpu': 'Plain, original and pre-activation nets of 20, 56 and 110 layers at initialisation '
+           'and over 200 steps of training (batch 32), and the bottleneck ResNet-164 and '
+           '1001 at initialisation: how the first-to-last ratio of the gradient norms moves '
+           'with depth and with the placement, at the start of training only.',
+    'paper': 'Depths 20 to 1001 over the first 16k steps of the paper recipe (batch 128).',
+}
+DEVIATIONS = [
+    *sweep.COMMON_DEVIATIONS,
+    'The papers give no numbers for these norms, so there is no paper column; Identity Mappings '
+    'Sec. 3 gives the argument that the measurements test.',
+    'smoke and cpu budgets train with the shortened schedule (lr 0.1 divided by 10 at 50% and '
+    '75% of the steps, a warm-up of 10% of the steps at 0.01), plain momentum SGD and no decay '
+    'on BN.',
+]
 
 
 @jax.custom_vjp
@@ -191,8 +211,9 @@ def net_config(dataset, depth, net, budget: Budget, seed: int):
   config.model.shortcut = shortcut
   points = budget.train_steps // budget.checkpoint_every
   sweep.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
-                     eval_split=budget.eval_split, evals=points, paper=False, unrolled=False,
-                     warmup_steps=None if budget.train_steps > 4000 else budget.train_steps // 10)
+                     eval_split=budget.eval_split, evals=points, paper=budget.paper_recipe,
+                     unrolled=False,
+                     warmup_steps=None if budget.paper_recipe else budget.train_steps // 10)
   # Keep every checkpoint: each one is a measurement point.
   config.keep_checkpoints = points + 1
   config.keep_best_checkpoint = False
@@ -260,14 +281,14 @@ def main(argv=None):
   sweep.add_flags(parser)
   args = parser.parse_args(argv)
   budget = BUDGETS[args.budget]
-  dataset = getattr(args, 'dataset', None) or 'cifar10'
-  seeds = getattr(args, 'seeds', None) or 1
+  dataset = args.dataset
+  seeds = args.seeds or 1
   results_dir = os.path.abspath(args.results_dir)
   os.makedirs(results_dir, exist_ok=True)
   started = time.perf_counter()
 
   runs = build_runs(budget, dataset, seeds)
-  train_rows = sweep.run_sweep(runs, results_dir, jobs=getattr(args, 'jobs', 1) or 1)
+  train_rows = sweep.run_sweep(runs, results_dir, jobs=args.jobs)
 
   images = labels = None
   measurements = []
@@ -275,6 +296,8 @@ def main(argv=None):
   points += [(net_config(dataset, d, net, budget, 0), {'study': STUDY, 'net': net, 'depth': d},
               0, None) for d in budget.init_depths for net in NETS]
   for config, meta, seed, workdir in points:
+    if workdir and not checkpoint_steps(workdir):
+      continue  # A failed run: its row in the training table says why.
     model = loop.create_model(config, sync_batch_stats=False)
     n_images = (budget.big_measure_batch if len(models.unit_names(model)) > 200
                 else budget.measure_batch)
@@ -292,11 +315,28 @@ def main(argv=None):
             f"{m['input'][0] / m['input'][-1]:.3g}, |dL/dw| first/last "
             f"{m['param'][0] / m['param'][-1]:.3g} ({m['wall_s']:.1f} s)", flush=True)
 
-  write_results(results_dir, args.budget, measurements, train_rows, time.perf_counter() - started)
-  return measurements
+  return write_results(results_dir, args.budget, measurements, train_rows,
+                       time.perf_counter() - started)
 
 
-def write_results(results_dir, budget, measurements, train_rows, wall_s):
+def headline_rows(measurements) -> list[dict]:
+  """Per net and depth: the first-to-last ratios at initialisation and at the last step measured."""
+  rows = []
+  for key in dict.fromkeys((m['net'], m['depth'], m['seed']) for m in measurements):
+    ms = sorted((m for m in measurements if (m['net'], m['depth'], m['seed']) == key),
+                key=lambda m: m['step'])
+    first, last = ms[0], ms[-1]
+    ratio = lambda m, kind: f"{m[kind][0] / m[kind][-1]:.3g}"
+    rows.append({'net': key[0], 'depth': key[1], 'seed': key[2], 'units': len(first['units']),
+                 'input first/last at init': ratio(first, 'input'),
+                 'param first/last at init': ratio(first, 'param'),
+                 'last step': last['step'] if last['step'] else None,
+                 'input first/last then': ratio(last, 'input') if last['step'] else None,
+                 'param first/last then': ratio(last, 'param') if last['step'] else None})
+  return rows
+
+
+def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
   title = sweep.plot_title(STUDY, budget, train_rows)
   files = []
   for kind in ('input', 'param'):
@@ -315,15 +355,18 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s):
   files += ['results.csv', 'per_unit.csv']
 
   fmt = lambda r: {**r, **{k: f'{r[k]:.3g}' for k in r if isinstance(r[k], float)}}
-  lines = [
-      sweep.header(STUDY, budget, train_rows, wall_s),
+  headline = sweep.markdown_table(headline_rows(measurements), [
+      'net', 'depth', 'units', 'input first/last at init', 'param first/last at init',
+      'last step', 'input first/last then', 'param first/last then'])
+  body = [
+      f'**What this budget shows.** {WHAT_IT_SHOWS[budget]}', '',
       'Norms of the gradient of the mean cross-entropy on one fixed batch of real training '
       'images (train-mode BN, no weight decay), per residual unit, unit 1 nearest the input. '
-      '`input_first/last` is |dL/dx| at the first unit over that at the last; '
-      '`param_first/last` the same for the units\' parameters. Step 0 is initialisation (the '
-      'trainer\'s own init); later steps are the training runs\' checkpoints. The papers give no '
-      'numbers for these norms (Identity Mappings Sec. 3 argues that the pre-activation stream '
-      'passes the top gradient to every unit unchanged), so there is no paper column.', '',
+      '`input first/last` is |dL/dx| at the first unit over that at the last; '
+      '`param first/last` the same for the units\' parameters. Step 0 is initialisation (the '
+      'trainer\'s own init); later steps are the training runs\' checkpoints.', '',
+      '## First-to-last ratios', '', headline, '',
+      '## Every measurement', '',
       sweep.markdown_table([fmt(r) for r in rows],
                            ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
                             'input_first/last', 'param_first/last', 'input_first', 'input_last',
@@ -332,13 +375,12 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s):
       sweep.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
                                         'test_error', 'eval_examples', 'wall_s', 'status']),
       '', 'Per-unit norms: per_unit.csv. Plots: ' + ', '.join(
-          f'[{f}]({f})' for f in files if f.endswith('.png')), '']
-  with open(os.path.join(results_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines))
-  files.insert(0, 'results.md')
-  sweep.write_manifest(results_dir, study=STUDY, budget=budget, rows=train_rows, files=files,
-                       wall_s=wall_s, notes='gradient norms per unit at init and at checkpoints')
+          f'[{f}]({f})' for f in files if f.endswith('.png')), '',
+      '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
+  return sweep.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
+                       rows=train_rows, files=files, wall_s=wall_s, body=body,
+                       notes=WHAT_IT_SHOWS[budget], headline=headline)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -73,6 +74,27 @@ BUDGETS = {
     'paper': Budget(depth=110, train_steps=64_000, batch_size=128, eval_split='test', draws=10,
                     paper_recipe=True),
 }
+
+
+WHAT_IT_SHOWS = {
+    'smoke': 'Checks the machinery only: ResNet-20 nets trained 60 steps are near chance, so '
+             'deleting units can barely make them worse.',
+    'cpu': 'Pre-activation and plain 32-layer nets (15 units) trained 800 steps (2 epochs), '
+           'lesioned on 2,000 test images: whether deleting one unit of the residual net costs '
+           "little while any deletion breaks the plain net, as in Veit et al.'s Fig. 3 and 5. "
+           'Nets this short-trained are far from the paper\'s 6.4% error, so the absolute '
+           'errors are not comparable with the paper\'s.',
+    'paper': "Veit et al.'s setting: pre-activation ResNet-110 (54 units) with the full 2016 "
+             'recipe, lesioned on the whole test set.',
+}
+DEVIATIONS = [
+    *sweep.COMMON_DEVIATIONS,
+    'Veit et al. compare with a VGG-style plain net; here the plain net is the residual net '
+    "without its shortcuts (shortcut 'none'), of the same depth and widths.",
+    'smoke and cpu budgets train with a shortened schedule (lr 0.1 divided by 10 at 50% and 75% '
+    'of the steps, a warm-up of 10% of the steps at 0.01), plain momentum SGD, no decay on BN, '
+    'and lesion on part of the test set.',
+]
 
 
 def lesion_units(model) -> list[dict]:
@@ -335,9 +357,8 @@ def main(argv=None):
           'deleted': ' '.join(str(i + 1) for i in lesion['deleted']), 'error': error,
           'eval_split': budget.eval_split})
 
-  write_results(results_dir, args.budget, rows, records, nets, units_by_net,
-                time.perf_counter() - started)
-  return records
+  return write_results(results_dir, args.budget, rows, records, nets, units_by_net,
+                       time.perf_counter() - started)
 
 
 def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s):
@@ -383,13 +404,18 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
     row[k_cols[-1]] = f"~{PAPER['k_errors'][k]:.0f}" if k in PAPER['k_errors'] else None
     k_rows.append(row)
 
-  lines = [
-      sweep.header(STUDY, budget, rows, wall_s),
+  headline = sweep.markdown_table(headline_rows(records, nets, units_by_net), [
+      'net', 'method', 'units', 'intact error %', 'one unit (not downsampling): median %',
+      'one unit (not downsampling): worst %', 'one downsampling unit: worst %',
+      'k = half the units: mean %'])
+  body = [
+      f'**What this budget shows.** {WHAT_IT_SHOWS[budget]}', '',
       f"Lesions at test time on `{records[0]['eval_split'] if records else '-'}` (error in %). "
       '`mask`: the unit\'s residual branch multiplied by 0 through the model\'s `unit_mask` '
       '(the shortcut kept; in a plain net, which has none, this zeroes the unit\'s output). '
       '`skip`: plain nets only, the unit replaced by the identity, possible only where it keeps '
       'the shape. Paper: ' + PAPER['source'] + '; ' + PAPER['single'] + '.', '',
+      '## Summary (seed 0)', '', headline, '',
       '## Training runs', '',
       sweep.markdown_table(rows, ['net', 'depth', 'seed', 'steps', 'train_error', 'test_error',
                                   'eval_examples', 'wall_s', 'status']),
@@ -400,13 +426,39 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
       '', '## Deleting k random units (seed 0)', '',
       sweep.markdown_table(k_rows, k_cols),
       '', 'Plots: [lesion_single.png](lesion_single.png), [lesion_k.png](lesion_k.png). '
-      'Every lesion, every draw: results.csv.', '']
-  with open(os.path.join(results_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines))
-  files.insert(0, 'results.md')
-  sweep.write_manifest(results_dir, study=STUDY, budget=budget, rows=rows, files=files,
-                       wall_s=wall_s, notes='test-time lesions of trained residual and plain nets')
+      'Every lesion, every draw: results.csv.', '',
+      '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
+  return sweep.publish(results_dir, study=STUDY, title='Lesion study (Veit et al. 2016)',
+                       budget=budget, rows=rows, files=files, wall_s=wall_s, body=body,
+                       notes=WHAT_IT_SHOWS[budget], headline=headline)
+
+
+def headline_rows(records, nets, units_by_net) -> list[dict]:
+  """Per net and method (seed 0): the intact error, single deletions split by downsampling, and
+  the mean error with half of the units deleted at random."""
+  out = []
+  for net in nets:
+    intact = next((r['error'] for r in records
+                   if r['net'] == net and r['kind'] == 'intact' and r['seed'] == 0), None)
+    for method in ('mask', 'skip'):
+      mine = [r for r in records if r['net'] == net and r['method'] == method and r['seed'] == 0]
+      if not mine:
+        continue
+      single = [r for r in mine if r['kind'] == 'single']
+      plain_units = [r['error'] for r in single if not r['downsampling']]
+      down_units = [r['error'] for r in single if r['downsampling']]
+      half = len(units_by_net[net]) // 2
+      at_half = [r['error'] for r in mine if r['kind'] == 'random' and r['k'] == half]
+      out.append({
+          'net': net, 'method': method, 'units': len(units_by_net[net]), 'intact error %': intact,
+          'one unit (not downsampling): median %': (float(np.median(plain_units))
+                                                    if plain_units else None),
+          'one unit (not downsampling): worst %': max(plain_units, default=None),
+          'one downsampling unit: worst %': max(down_units, default=None),
+          'k = half the units: mean %': (f'{np.mean(at_half):.2f} (k={half})' if at_half
+                                         else None)})
+  return out
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -12,6 +12,7 @@ not an `experiments.` module (so cannot be rerun), is left out, with a warning.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -20,16 +21,30 @@ END = '<!-- experiments:end -->'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def portable_command(manifest: dict) -> str:
+  """The study's command with its --results_dir made a relative folder that anyone can use."""
+  words = shlex.split(manifest['command'])
+  for i, word in enumerate(words):
+    if word == '--results_dir' and i + 1 < len(words):
+      words[i + 1] = f'results/{manifest["study"]}-{manifest["budget"]}'
+    elif word.startswith('--results_dir='):
+      words[i] = f'--results_dir=results/{manifest["study"]}-{manifest["budget"]}'
+  return shlex.join(words)
+
+
 def section(manifest: dict, rel_dir: str) -> str:
   minutes = manifest.get('runs_wall_s', manifest.get('wall_s', 0)) / 60
   versions = ', '.join(f'{k} {v}' for k, v in manifest.get('versions', {}).items())
   lines = [f'### {manifest["study"]} ({manifest["budget"]} budget)', '',
-           f'`{manifest["command"]}`', '',
+           f'`{portable_command(manifest)}`', '',
            f'Hardware: {manifest["hardware"]}. Versions: {versions}. Training time: '
            f'{minutes:.1f} min over {manifest["num_runs"]} runs'
-           f' ({manifest.get("failed_runs", 0)} failed).', '']
+           f' ({manifest.get("failed_runs", 0)} failed); the whole command took '
+           f'{manifest.get("wall_s", 0) / 60:.1f} min in its last invocation.', '']
   if manifest.get('notes'):
     lines += [manifest['notes'], '']
+  if manifest.get('headline'):
+    lines += [manifest['headline'], '']
   tables = [f for f in manifest['files'] if not f.endswith('.png')]
   lines.append('Tables: ' + ', '.join(f'[{f}]({rel_dir}/{f})' for f in tables) + '.')
   lines.append('')

@@ -515,27 +515,64 @@ def curves(workdir: str) -> dict:
   return out
 
 
+def failed(row: dict) -> bool:
+  """Whether a run did not finish ('ok', or 'ok (...)' for a reused run, are the good states)."""
+  return not str(row.get('status', '')).startswith('ok')
+
+
 def write_manifest(results_dir: str, *, study: str, budget: str, rows: list[dict],
-                   files: list[str], wall_s: float, notes: str = '') -> dict:
-  """results.json: what experiments.report needs to publish a study's results folder."""
+                   files: list[str], wall_s: float, notes: str = '', headline: str = '') -> dict:
+  """results.json: what experiments.report needs to publish a study's results folder.
+
+  headline: the study's main table (Markdown), which the report shows in docs/results.md.
+  """
   manifest = {
       'study': study, 'budget': budget, 'command': command(),
       'hardware': sweep_hardware(rows), 'versions': versions(),
       # The runs' own time (all attempts), and this invocation's, which skips finished runs.
       'runs_wall_s': round(sum(row.get('wall_s') or 0 for row in rows), 1),
       'wall_s': round(wall_s, 1),
-      'num_runs': len(rows), 'failed_runs': sum(row['status'] != 'ok' for row in rows),
-      'files': files, 'notes': notes,
+      'num_runs': len(rows), 'failed_runs': sum(map(failed, rows)),
+      'files': files, 'notes': notes, 'headline': headline,
   }
   _write_json(os.path.join(results_dir, 'results.json'), manifest)
   return manifest
+
+
+def publish(results_dir: str, *, study: str, title: str, budget: str, rows: list[dict],
+            files: list[str], wall_s: float, body: list[str], notes: str,
+            headline: str = '') -> int:
+  """Writes a study's results.md (the common header, then `body`) and its results.json.
+
+  Returns the study's exit code: 1 if a run failed (its row says why), else 0.
+  """
+  with open(os.path.join(results_dir, 'results.md'), 'w') as f:
+    f.write('\n'.join([header(title, budget, rows, wall_s), *body]))
+  files = ['results.md'] + [f for f in files if f != 'results.md']
+  write_manifest(results_dir, study=study, budget=budget, rows=rows, files=files, wall_s=wall_s,
+                 notes=notes, headline=headline)
+  num_failed = sum(map(failed, rows))
+  print(f'Wrote {os.path.join(results_dir, "results.md")} ({len(rows)} runs, {num_failed} '
+        'failed).', flush=True)
+  return 1 if num_failed else 0
+
+
+# Where the papers are silent, every study's `paper` budget follows the authors' code; the
+# shortened budgets keep the project's defaults. Each study lists these with its own.
+COMMON_DEVIATIONS = (
+    "Where the paper is silent, the authors' code (fb.resnet.torch) is followed in the paper "
+    'budget: SGD with Nesterov momentum 0.9 and weight decay 1e-4 on every parameter, BN '
+    'scales and biases included.',
+    'Inputs are normalised per channel (mean and std of the training set), not by the '
+    'per-pixel mean subtraction of the 2015 paper.',
+)
 
 
 def header(study: str, budget: str, rows: list[dict], wall_s: float) -> str:
   """The first lines of a study's results.md: budget, hardware, versions, time, command."""
   v = versions()
   runs_wall = sum(row.get('wall_s') or 0 for row in rows)
-  failed = [row for row in rows if row['status'] != 'ok']
+  failed_rows = [row for row in rows if failed(row)]
   lines = [
       f'# {study} ({budget} budget)', '',
       f'- Command (from the repository root): `{command()}`',
@@ -544,9 +581,9 @@ def header(study: str, budget: str, rows: list[dict], wall_s: float) -> str:
       f'- Wall time: {_duration(runs_wall)} of training over all attempts of the {len(rows)} '
       f'runs; this invocation took {_duration(wall_s)}.',
   ]
-  if failed:
-    lines.append(f'- **{len(failed)} run(s) failed**: ' + '; '.join(
-        f'{row["workdir"].rsplit("/", 1)[-1]}: {row["status"]}' for row in failed))
+  if failed_rows:
+    lines.append(f'- **{len(failed_rows)} run(s) failed**: ' + '; '.join(
+        f'{row["workdir"].rsplit("/", 1)[-1]}: {row["status"]}' for row in failed_rows))
   return '\n'.join(lines) + '\n'
 
 

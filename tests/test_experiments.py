@@ -162,3 +162,56 @@ def test_markdown_table_and_csv(tmp_path):
   assert sweep.markdown_table(rows, ['a', 'b']) == '| a | b |\n|---|---|\n| 1 | 2.50 |\n| 2 | - |'
   sweep.write_csv(rows, tmp_path / 'r.csv')
   assert _csv(tmp_path / 'r.csv') == [{'a': '1', 'b': '2.5', 'c': ''}, {'a': '2', 'b': '', 'c': ''}]
+
+
+def _digits_run(seed: int) -> sweep.Run:
+  from configs import quickstart
+  config = quickstart.get_config()
+  config.seed = seed
+  sweep.apply_budget(config, steps=20, batch_size=64, eval_split='test', evals=2, paper=False,
+                     warmup_steps=0, unrolled=True)
+  return sweep.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
+
+
+def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path, capsys):
+  runs = [_digits_run(0), _digits_run(1)]
+  parallel = sweep.run_sweep(runs, tmp_path / 'two', jobs=2)
+  assert 'started in process' in capsys.readouterr().out
+  alone = sweep.run_sweep(runs[:1], tmp_path / 'one', jobs=1)
+  assert [r['status'] for r in parallel] == ['ok', 'ok']
+  for key in ('train_error', 'test_error', 'eval_examples', 'steps'):
+    assert parallel[0][key] == alone[0][key], key
+  assert parallel[0]['test_error'] != parallel[1]['test_error'] or (
+      parallel[0]['train_error'] != parallel[1]['train_error'])  # Two seeds, two runs.
+  assert (tmp_path / 'two' / 'logs' / 'digits-s1.log').stat().st_size > 0
+  # A rerun with jobs=2 trains nothing.
+  again = sweep.run_sweep(runs, tmp_path / 'two', jobs=2)
+  assert capsys.readouterr().out.count('finished before, skipped') == 2
+  assert [r['test_error'] for r in again] == [r['test_error'] for r in parallel]
+
+
+def _study_configs(budget):
+  from experiments import activation_ablation, degradation, gradient_flow, lesion
+  configs = [r.config for r in activation_ablation.build_runs(budget, None, 'cifar10')]
+  configs += [r.config for r in degradation.build_runs(budget, None, 'cifar10')]
+  configs += [r.config for r in gradient_flow.build_runs(gradient_flow.BUDGETS[budget],
+                                                         'cifar10', 1)]
+  configs += [lesion.net_config('cifar10', net, lesion.BUDGETS[budget], 0) for net in lesion.NETS]
+  return configs
+
+
+@pytest.mark.parametrize('budget', sweep.BUDGETS)
+def test_every_budget_builds_configs_that_validate(budget):
+  from resnet_jax import config_check, recipes
+  for config in _study_configs(budget):
+    config_check.validate(recipes.finalize(config))
+
+
+def test_paper_budgets_follow_the_authors_code_and_the_shortened_ones_do_not():
+  """fb.resnet.torch: Nesterov momentum, weight decay on BN and biases; the paper's schedule."""
+  for config in _study_configs('paper'):
+    assert config.optimizer == 'nesterov' and config.decay_bn_and_bias
+    assert config.batch_size == 128 and config.learning_rate == 0.1
+    assert tuple(config.lr_boundaries) == (32_000, 48_000)
+  for config in _study_configs('cpu'):
+    assert config.optimizer == 'momentum' and not config.decay_bn_and_bias
