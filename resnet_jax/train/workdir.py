@@ -8,7 +8,8 @@ A sweep launches hundreds of runs, so a workdir is checked before anything in it
   `kill -9` included, so a crashed run never leaves the workdir stuck.
 * `check_same_run`: a rerun resumes only the run that the workdir holds. Any key that changes the
   result (model, data, optimiser, schedule, seed, batch) must equal the recorded config; the keys
-  in `RESULT_NEUTRAL_KEYS` (logging, checkpointing, loading and placement) may change.
+  in `RESULT_NEUTRAL_KEYS` (logging, checkpointing, loading and placement) may change. A key
+  added to configs/default.py since the run was recorded counts as having its default there.
   `config.allow_config_change=True` continues on purpose, and keeps the old config beside the new.
 """
 
@@ -22,6 +23,7 @@ import os
 import socket
 import tempfile
 
+from configs import default
 from resnet_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
@@ -110,16 +112,38 @@ def as_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+class _Absent:
+  """A key that a recorded config lacks, standing for its default (shown as such in messages)."""
+
+  def __init__(self, value):
+    self.default = value
+
+  def __eq__(self, other):
+    return self.default == other
+
+  def __repr__(self):
+    return f'(absent: the default {self.default!r})'
+
+
 def result_changes(recorded: dict, config: dict) -> list[tuple[str, object, object]]:
-  """The keys, outside RESULT_NEUTRAL_KEYS, whose values differ: (key, recorded, new)."""
+  """The keys, outside RESULT_NEUTRAL_KEYS, whose values differ: (key, recorded, new).
+
+  A key that `recorded` lacks was added to configs/default.py after that run was recorded. A new
+  key defaults to the behaviour from before it existed, so the recorded run had its default value:
+  the current default is no change, any other value is. Without this, every new key would make
+  every existing workdir (and every finished experiment run) refuse to resume.
+  """
   old, new = flatten(recorded), flatten(config)
+  defaults = flatten(as_dict(default.get_config()))
   missing = object()
   changes = []
   for key in sorted(set(old) | set(new)):
     if key in RESULT_NEUTRAL_KEYS:
       continue
     a, b = old.get(key, missing), new.get(key, missing)
-    if a != b:
+    if a is missing and key in defaults:
+      a = _Absent(defaults[key])
+    if not a == b:
       changes.append((key, '(absent)' if a is missing else a, '(absent)' if b is missing else b))
   return changes
 

@@ -1,0 +1,53 @@
+"""A workdir recorded before a key existed in configs/default.py still resumes.
+
+A new key defaults to the behaviour from before it existed, so a recorded config that lacks it
+ran with its default value: the default is no change, any other value is. (Before this, every
+new key made every existing workdir and finished experiment run refuse to resume.)
+"""
+
+import json
+
+import pytest
+
+from configs import default
+from resnet_jax import recipes
+from resnet_jax.train import workdir as workdir_lib
+
+KEY = ('model', 'resnet_d')  # Any key works; this one defaults to False.
+
+
+def _config(**model):
+  config = default.get_config()
+  for name, value in model.items():
+    config.model[name] = value
+  return recipes.finalize(config)
+
+
+def _recorded_before_the_key(tmp_path):
+  """config.json of a run recorded before config.model.resnet_d existed."""
+  recorded = workdir_lib.as_dict(_config())
+  del recorded[KEY[0]][KEY[1]]
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(recorded))
+  return recorded
+
+
+def test_a_key_added_since_the_run_was_recorded_at_its_default_is_no_change(tmp_path):
+  recorded = _recorded_before_the_key(tmp_path)
+  assert workdir_lib.result_changes(recorded, workdir_lib.as_dict(_config())) == []
+  workdir_lib.check_same_run(str(tmp_path), _config())  # Resumes: no error.
+
+
+def test_a_key_added_since_the_run_was_recorded_at_another_value_is_a_change(tmp_path):
+  recorded = _recorded_before_the_key(tmp_path)
+  changes = workdir_lib.result_changes(recorded, workdir_lib.as_dict(_config(resnet_d=True)))
+  assert [(key, new) for key, _, new in changes] == [('model.resnet_d', True)]
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'model\.resnet_d: \(absent: the default False\) -> True'):
+    workdir_lib.check_same_run(str(tmp_path), _config(resnet_d=True))
+
+
+def test_a_key_that_the_code_no_longer_has_is_still_a_change():
+  recorded = workdir_lib.as_dict(_config())
+  recorded['model']['retired_option'] = 3
+  changes = workdir_lib.result_changes(recorded, workdir_lib.as_dict(_config()))
+  assert changes == [('model.retired_option', 3, '(absent)')]
