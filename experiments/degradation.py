@@ -6,7 +6,7 @@ Plain nets (config.model.shortcut='none') and residual nets (option A shortcuts,
 unit) of the same depths, trained with the same recipe. Budgets:
   smoke: depths 20 and 32, 1 seed, 20 steps of batch 32, one eval on test[:500] at the end
     (about 2.5 minutes on 2 CPU cores): checks the machinery only.
-  cpu: depths 20/32/44/56, 1 seed, 300 steps of batch 128, the schedule compressed, eval on
+  cpu: depths 20/32/44/56, 1 seed, 200 steps of batch 128, the schedule compressed, eval on
     test[:2000] (about 45 min on 2 CPU cores): the start of training, where the plain nets'
     degradation already shows in the paper's Fig. 6.
   paper: depths 20/32/44/56/110, 1 seed (Fig. 6 plots one run per net; --seeds 5 for more), the
@@ -32,7 +32,7 @@ NETS = ('plain', 'residual')
 BUDGETS = {
     'smoke': dict(depths=(20, 32), seeds=1, steps=20, batch_size=32, eval_split='test[:500]',
                   evals=1),
-    'cpu': dict(depths=(20, 32, 44, 56), seeds=1, steps=300, batch_size=128,
+    'cpu': dict(depths=(20, 32, 44, 56), seeds=1, steps=200, batch_size=128,
                 eval_split='test[:2000]', evals=4),
     'paper': dict(depths=(20, 32, 44, 56, 110), seeds=1, steps=64_000, batch_size=128,
                   eval_split='test', evals=32),
@@ -40,7 +40,7 @@ BUDGETS = {
 WHAT_IT_SHOWS = {
     'smoke': 'Checks the machinery only (20 steps of one seed, 500 test images): the errors are '
              'near chance and the depth comparison below means nothing at this budget.',
-    'cpu': '300 steps (0.77 epoch) of one seed per net: the early part of the curves of Fig. 6, '
+    'cpu': '200 steps (0.5 epoch) of one seed per net: the early part of the curves of Fig. 6, '
            'where the paper already shows deeper plain nets with higher training error. It '
            'cannot show the final errors (Table 6: residual 8.75% for 20 layers down to 6.97% '
            'for 56), nor whether the ordering survives 64k steps.',
