@@ -1,0 +1,175 @@
+"""The project's own numbers: its train step alone, its whole training loop, its input pipeline.
+
+* `time_train_step`: `resnet_jax.train.step.train_step` mapped by `resnet_jax.parallel.
+  DataParallel.map` (as the loop maps it, state donated), with the config's model, optimiser and
+  schedule, on one synthetic batch that stays on the devices: compiled ahead of time
+  (`.lower().compile()`, both timed), then timed by benchmarks.timing.time_steps.
+* `time_training_loop`: `resnet_jax.train.loop.train_and_evaluate` on the config's real data
+  pipeline in a temporary workdir; the steady-state img/s between the loop's own progress lines.
+* `time_input_pipeline`: `resnet_jax.data.create_train_iterator` alone, batches pulled and
+  dropped, no model.
+"""
+
+import dataclasses
+import functools
+import logging
+import re
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import timing
+from resnet_jax import data, parallel
+from resnet_jax.train import loop, optim
+from resnet_jax.train import step as step_lib
+from resnet_jax.train.state import create_train_state
+
+
+@dataclasses.dataclass
+class StepResult:
+  times: timing.StepTimes
+  lower_s: float
+  compile_s: float
+  flops: float | None  # XLA's count for one step over all devices.
+  step_mem_bytes: int | None  # XLA's memory analysis of the compiled step, per device.
+
+
+def synthetic_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) -> dict:
+  """Normalised-looking float32 images and random labels, as the input pipeline yields them."""
+  rng = np.random.default_rng(seed)
+  return {'image': rng.standard_normal((batch_size, *image_shape), np.float32),
+          'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
+
+
+def compiled_stats(compiled, num_devices: int = 1) -> tuple[float | None, int | None]:
+  """(FLOPs of one call over `num_devices`, bytes it needs per device) from XLA's cost and
+  memory analyses of a compiled executable; None where the backend gives none."""
+  flops = None
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older jax: one dict per executable.
+      cost = cost[0] if cost else None
+    if cost and cost.get('flops', 0) > 0:
+      # An SPMD executable is one device's program: each device runs it on its part of the batch.
+      flops = float(cost['flops']) * num_devices
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+    pass
+  memory = None
+  try:
+    m = compiled.memory_analysis()
+    if m is not None:
+      memory = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return flops, memory
+
+
+def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
+                    steps: int) -> StepResult:
+  """Compiles and times the project's train step; `config` is finalised (resnet_jax.recipes)."""
+  par = parallel.DataParallel(config.parallel.backend, devices)
+  parallel.check_batch_size('batch_size', config.batch_size, par.num_devices)
+  schedule = optim.create_learning_rate_schedule(config, optim.num_train_steps(config, num_train))
+  tx = optim.create_optimizer(config, schedule)
+  model = loop.create_model(config, config.parallel.sync_batch_stats)
+  state = par.init_replicated(
+      functools.partial(create_train_state, model=model, tx=tx, image_shape=image_shape),
+      jax.random.key_data(jax.random.key(config.seed)))
+  p_train_step = par.map(functools.partial(
+      step_lib.train_step, label_smoothing=config.label_smoothing,
+      sync_batch_stats=config.parallel.sync_batch_stats,
+      skip_nonfinite=config.skip_nonfinite_updates), donate_state=True)
+  batch = par.put_batch(synthetic_batch(config.batch_size, image_shape,
+                                        config.model.num_classes, config.seed))
+  start = time.perf_counter()
+  lowered = p_train_step.lower(state, batch)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - lowered_at
+  flops, memory = compiled_stats(compiled, par.num_devices)
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch)
+    return state, metrics
+
+  times = timing.time_steps(step, jax.block_until_ready, warmup=warmup, steps=steps)
+  return StepResult(times, lowered_at - start, compile_s, flops, memory)
+
+
+class _ProgressTimes(logging.Handler):
+  """Records when the loop logs each progress line (`step N/T ... img/s ...`)."""
+
+  LINE = re.compile(r'step (\d+)/\d+ .* img/s')
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.marks = []  # (step, perf_counter at the log line)
+
+  def emit(self, record):
+    match = self.LINE.match(record.getMessage())
+    if match:
+      self.marks.append((int(match.group(1)), time.perf_counter()))
+
+
+def loop_config(config, steps: int):
+  """`config` for a timing run of `steps` steps: no eval or checkpoint before the end, progress
+  lines often enough to time, and a final eval of one batch."""
+  config = config.copy_and_resolve_references()
+  config.num_epochs = 0.0
+  config.num_train_steps = steps
+  config.eval_every_epochs = 0.0
+  config.eval_every_steps = config.checkpoint_every_steps = 10 * steps
+  config.log_every_steps = max(1, min(config.log_every_steps, steps // 10))
+  if '[' not in config.data.eval_split:
+    # The loop evaluates and saves once at its last step, after the last progress line: keep it
+    # short.
+    config.data.eval_split = f'{config.data.eval_split}[:{config.eval_batch_size}]'
+  return config
+
+
+def time_training_loop(config, devices, *, steps: int, warmup: int) -> tuple[float, int]:
+  """(steady-state img/s, steps measured) of train_and_evaluate on the config's data pipeline.
+
+  The img/s is measured between the first progress line at or after step `warmup` (so the
+  compilation and the pipeline's start are left out) and the last one, in a temporary workdir.
+  """
+  config = loop_config(config, steps)
+  times = _ProgressTimes()
+  root, absl_logger = logging.getLogger(), logging.getLogger('absl')
+  levels = root.level, absl_logger.level
+  root.addHandler(times)
+  root.setLevel(logging.INFO)  # The loop logs its progress lines at INFO.
+  absl_logger.setLevel(logging.WARNING)  # orbax and tfds log every file at INFO.
+  try:
+    with tempfile.TemporaryDirectory(prefix='resnet_jax_bench_') as workdir:
+      loop.train_and_evaluate(config, workdir, devices=devices)
+  finally:
+    root.removeHandler(times)
+    root.setLevel(levels[0])
+    absl_logger.setLevel(levels[1])
+  marks = [(s, t) for s, t in times.marks if s >= warmup]
+  if len(marks) < 2:
+    raise RuntimeError(
+        f'the loop logged {len(times.marks)} progress lines, {len(marks)} of them at step '
+        f'{warmup} or later; timing needs two (raise --loop_steps above --loop_warmup)')
+  (s0, t0), (s1, t1) = marks[0], marks[-1]
+  return (s1 - s0) * config.batch_size / (t1 - t0), s1 - s0
+
+
+def time_input_pipeline(config, *, warmup: int, batches: int) -> float:
+  """img/s of this process's training batches from the configured pipeline, with no model."""
+  iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
+                                        seed=config.seed)
+  for _ in range(warmup):
+    next(iterator)
+  images = 0
+  start = time.perf_counter()
+  for _ in range(batches):
+    images += len(next(iterator)['label'])
+  elapsed = time.perf_counter() - start
+  del iterator  # Stops grain's worker processes, if any.
+  return images / elapsed
