@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import sweep
+from experiments import plots, sweep
 from resnet_jax import data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import loop
@@ -265,8 +265,7 @@ def _plot(measurements, path, title, kind):
     ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def measure(model, variables, images, labels, fn, **meta):
@@ -336,6 +335,46 @@ def headline_rows(measurements) -> list[dict]:
   return rows
 
 
+def _fmt(x: float) -> str:
+  return f'{x:.3g}' if np.isfinite(x) else 'nan (the gradient overflowed float32)'
+
+
+def _trend(pairs) -> str:
+  values = [r for _, r in pairs if np.isfinite(r)]
+  if len(values) < 2:
+    return 'cannot be compared'
+  if all(b > a for a, b in zip(values, values[1:])):
+    return 'rises with depth'
+  if all(b < a for a, b in zip(values, values[1:])):
+    return 'falls with depth'
+  return 'does not change monotonically with depth'
+
+
+def verdict(measurements) -> str:
+  """What the first-to-last ratio of |dL/d unit input| does with depth, at initialisation and at
+  the last checkpoint, per net (seed 0), decided from the numbers."""
+  ratio = lambda m: float(m['input'][0] / m['input'][-1])
+  last = max(m['step'] for m in measurements)
+  at = lambda step: {net: [(m['depth'], ratio(m)) for m in sorted(measurements,
+                                                                 key=lambda m: m['depth'])
+                           if m['net'] == net and m['step'] == step and m['seed'] == 0]
+                     for net in NETS}
+  listing = lambda pairs: ', '.join(f'{d} layers {_fmt(r)}' for d, r in pairs)
+  sentences = ['At initialisation, |dL/dx| first/last ' + '; '.join(
+      f'{_trend(pairs)} for the {net} nets ({listing(pairs)})'
+      for net, pairs in at(0).items() if pairs) + '.']
+  if last > 0:
+    trained = {net: pairs for net, pairs in at(last).items() if pairs}
+    spans = {net: [r for _, r in pairs if np.isfinite(r)] for net, pairs in trained.items()}
+    sentences.append(f'After {last} training steps it ' + '; '.join(
+        f'{_trend(pairs)} for the {net} nets ({listing(pairs)})'
+        for net, pairs in trained.items()) + '.')
+    sentences.append('Across the trained depths it spans ' + '; '.join(
+        f'{_fmt(min(v))} to {_fmt(max(v))} for the {net} nets' for net, v in spans.items() if v)
+        + '.')
+  return ' '.join(sentences)
+
+
 def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
   title = sweep.plot_title(STUDY, budget, train_rows)
   files = []
@@ -358,6 +397,7 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
   headline = sweep.markdown_table(headline_rows(measurements), [
       'net', 'depth', 'units', 'input first/last at init', 'param first/last at init',
       'last step', 'input first/last then', 'param first/last then'])
+  conclusion = verdict(measurements)
   body = [
       f'**What this budget shows.** {WHAT_IT_SHOWS[budget]}', '',
       'Norms of the gradient of the mean cross-entropy on one fixed batch of real training '
@@ -365,6 +405,7 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
       '`input first/last` is |dL/dx| at the first unit over that at the last; '
       '`param first/last` the same for the units\' parameters. Step 0 is initialisation (the '
       'trainer\'s own init); later steps are the training runs\' checkpoints.', '',
+      f'**From the numbers below.** {conclusion}', '',
       '## First-to-last ratios', '', headline, '',
       '## Every measurement', '',
       sweep.markdown_table([fmt(r) for r in rows],
@@ -379,7 +420,7 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
       '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
   return sweep.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
                        rows=train_rows, files=files, wall_s=wall_s, body=body,
-                       notes=WHAT_IT_SHOWS[budget], headline=headline)
+                       notes=f'{WHAT_IT_SHOWS[budget]} {conclusion}', headline=headline)
 
 
 if __name__ == '__main__':

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import sweep
+from experiments import plots, sweep
 from experiments.gradient_flow import base_config, checkpoint_steps, checkpoint_variables
 from resnet_jax import data, models
 from resnet_jax.models.units import ResidualUnit
@@ -259,8 +259,7 @@ def _plot(records, nets, units_by_net, path_single, path_k, title):
     ax.legend(fontsize=7)
   fig.suptitle(f'{title}\nerror when one unit is deleted', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path_single, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path_single)
 
   summary = _summarise(records)
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -282,8 +281,7 @@ def _plot(records, nets, units_by_net, path_single, path_k, title):
   ax.legend(fontsize=7)
   ax.set_title(f'{title}\nerror vs number of deleted units', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path_k, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path_k)
 
 
 NETS_KIND = {}  # net label -> 'residual' or 'plain', for the plot styles

@@ -12,6 +12,21 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from experiments import sweep  # noqa: E402
 
 
+# docs/results/ commits the studies' figures, so each stays small.
+MAX_PNG_BYTES = 300_000
+
+
+def save(fig, path: str, dpi: int = 110) -> str:
+  """Saves `fig` as a PNG under MAX_PNG_BYTES, lowering the resolution if it must; closes it."""
+  while True:
+    fig.savefig(path, dpi=dpi)
+    if os.path.getsize(path) <= MAX_PNG_BYTES or dpi <= 40:
+      break
+    dpi = int(dpi * 0.85)
+  plt.close(fig)
+  return os.path.basename(path)
+
+
 def median_curve(workdirs: list[str], metric: str) -> list[tuple[int, float]]:
   """The median across runs (seeds) of one metric, at each step that every run logged."""
   per_run = [dict(sweep.curves(w)[metric]) for w in workdirs]
@@ -47,9 +62,7 @@ def curves(rows: list[dict], *, group: str, panel: str, metrics, ylabel: str, ti
   axes[0][0].set_ylabel(ylabel)
   fig.suptitle(textwrap.fill(title, 110), fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return os.path.basename(path)
+  return save(fig, path)
 
 
 def curves_by_group(rows, *, group: str, panel: str, title: str, out_dir: str, series) -> list[str]:
@@ -88,6 +101,4 @@ def bars(cells: list[dict], *, title: str, path: str) -> str:
   ax.legend(fontsize=7)
   fig.suptitle(textwrap.fill(title, 110), fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return os.path.basename(path)
+  return save(fig, path)

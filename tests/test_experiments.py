@@ -112,6 +112,10 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   assert text.startswith('# Measured results\n\nHand-written part.\n')
   assert text.count('<!-- experiments:begin') == 1 and text.count('<!-- experiments:end') == 1
   assert '### activation_ablation (smoke budget)' in text and '### degradation (smoke budget)' in text
+  # The command that reproduces each study, with a results folder anyone can use.
+  assert ('`python -m experiments.activation_ablation --budget smoke --results_dir '
+          'results/activation_ablation-smoke`') in text
+  assert '| 20 | full_preact | 1/1 |' in text  # The headline table of the study.
   assert 'left out' in result.stderr
   assert _is_png(tmp_path / 'results' / 'degradation-smoke' / 'fig6_curves.png')
 

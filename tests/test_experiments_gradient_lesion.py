@@ -221,3 +221,36 @@ def test_lesion_smoke_budget(tmp_path):
   assert '## Deleting one unit' in text and '## Deleting k random units' in text
 
   assert _run_study('lesion', results_dir).count('finished before, skipped') == 2
+
+
+def test_gradient_flow_verdict_is_read_from_the_numbers():
+  def m(net, depth, step, first, last):
+    return {'net': net, 'depth': depth, 'seed': 0, 'step': step,
+            'input': np.array([first, 1.0, last]), 'param': np.ones(3)}
+  ms = [m('plain', 20, 0, 3.0, 1.0), m('plain', 56, 0, np.nan, 1.0),
+        m('plain', 20, 10, 1.0, 1.0), m('plain', 56, 10, 1e-3, 1.0),
+        m('preact', 20, 0, 2.0, 1.0), m('preact', 56, 0, 4.0, 1.0),
+        m('preact', 20, 10, 1.0, 1.0), m('preact', 56, 10, 2.0, 1.0)]
+  text = gradient_flow.verdict(ms)
+  assert 'At initialisation' in text and 'nan (the gradient overflowed float32)' in text
+  assert 'After 10 training steps it falls with depth for the plain nets' in text
+  assert 'rises with depth for the preact nets (20 layers 1, 56 layers 2)' in text
+  assert '0.001 to 1 for the plain nets; 1 to 2 for the preact nets' in text
+
+
+def test_plots_are_saved_small_enough_to_commit(tmp_path):
+  import matplotlib.pyplot as plt
+  from experiments import plots
+  def figure():  # Five panels of jagged lines, like the gradient-flow plot of ResNet-1001.
+    fig, axes = plt.subplots(1, 5, figsize=(27.5, 4.2))
+    rng = np.random.default_rng(0)
+    for ax in axes:
+      for _ in range(15):
+        ax.semilogy(np.exp(rng.normal(size=333).cumsum() / 5), lw=1.2)
+    return fig
+  fig = figure()
+  fig.savefig(tmp_path / 'plain.png', dpi=110)
+  assert (tmp_path / 'plain.png').stat().st_size > plots.MAX_PNG_BYTES  # Too big as it is.
+  path = tmp_path / 'small.png'
+  assert plots.save(figure(), str(path)) == 'small.png'
+  assert 0 < path.stat().st_size <= plots.MAX_PNG_BYTES
