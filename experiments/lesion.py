@@ -231,6 +231,27 @@ def _summarise(records):
   return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
 
 
+def record(lesion, error, units, **meta) -> dict:
+  """One row of results.csv: a lesion_masks entry and its error, with units numbered from 1
+  (as in the tables and plots; lesion_masks and unit_mask count from 0)."""
+  unit = lesion['unit']
+  return {**{k: meta[k] for k in ('net', 'depth', 'seed', 'checkpoint_step')},
+          'method': lesion['method'], 'kind': lesion['kind'], 'k': lesion['k'],
+          'draw': lesion['draw'], 'unit': None if unit is None else unit + 1,
+          'unit_name': None if unit is None else units[unit]['name'],
+          'downsampling': None if unit is None else units[unit]['downsampling'],
+          'deleted': ' '.join(str(i + 1) for i in lesion['deleted']), 'error': error,
+          'eval_split': meta['eval_split']}
+
+
+def single_deletions(records, net, method, seed=0) -> tuple[list[int], list[float]]:
+  """(1-based unit numbers, test errors) of the single-unit deletions of one net and method;
+  the numbers are those of the tables, and of the downsampling marks in the plot."""
+  rs = [r for r in records if r['net'] == net and r['kind'] == 'single'
+        and r['method'] == method and r['seed'] == seed]
+  return [r['unit'] for r in rs], [r['error'] for r in rs]
+
+
 def _plot(records, nets, units_by_net, path_single, path_k, title):
   import matplotlib
   matplotlib.use('Agg')
@@ -241,12 +262,11 @@ def _plot(records, nets, units_by_net, path_single, path_k, title):
   for ax, net in zip(axes[0], nets):
     intact = [r['error'] for r in records if r['net'] == net and r['kind'] == 'intact']
     for method in ('mask', 'skip'):
-      rs = [r for r in records if r['net'] == net and r['kind'] == 'single'
-            and r['method'] == method and r['seed'] == 0]
-      if rs:
+      units, errors = single_deletions(records, net, method)
+      if units:
         color, marker = styles.get((NETS_KIND[net], method), ('C2', 'x'))
-        ax.plot([r['unit'] + 1 for r in rs], [r['error'] for r in rs], marker=marker, ms=4,
-                color=color, lw=1, label=f'{net}: delete one unit ({method})')
+        ax.plot(units, errors, marker=marker, ms=4, color=color, lw=1,
+                label=f'{net}: delete one unit ({method})')
     for u in units_by_net[net]:
       if u['downsampling']:
         ax.axvline(u['index'] + 1, color='grey', ls=':', lw=1)
@@ -344,16 +364,9 @@ def main(argv=None):
     print(f'{STUDY}: {label} seed {seed}: {len(lesions)} lesions on '
           f'{sum(int(y.shape[0]) for _, y in batches)} images in {time.perf_counter() - t:.0f} s; '
           f'intact error {errors[0]:.2f}%', flush=True)
-    for lesion, error in zip(lesions, errors):
-      unit = lesion['unit']
-      records.append({
-          'net': label, 'depth': config.model.depth, 'seed': seed, 'checkpoint_step': step,
-          'method': lesion['method'], 'kind': lesion['kind'], 'k': lesion['k'],
-          'draw': lesion['draw'], 'unit': None if unit is None else unit + 1,
-          'unit_name': None if unit is None else units[unit]['name'],
-          'downsampling': None if unit is None else units[unit]['downsampling'],
-          'deleted': ' '.join(str(i + 1) for i in lesion['deleted']), 'error': error,
-          'eval_split': budget.eval_split})
+    records += [record(lesion, error, units, net=label, depth=config.model.depth, seed=seed,
+                       checkpoint_step=step, eval_split=budget.eval_split)
+                for lesion, error in zip(lesions, errors)]
 
   return write_results(results_dir, args.budget, rows, records, nets, units_by_net,
                        time.perf_counter() - started)

@@ -106,6 +106,18 @@ def test_lesion_masks_bookkeeping():
       assert method == 'mask' or not set(m['deleted']) & {3, 6}
 
 
+def test_single_deletions_are_numbered_as_the_downsampling_marks():
+  units = lesion.lesion_units(models.create_model('cifar', 20))
+  lesions = [m for m in lesion.lesion_masks(units, draws=1) if m['kind'] == 'single']
+  records = [lesion.record(m, 90.0 if units[m['unit']]['downsampling'] else 10.0, units,
+                           net='r', depth=20, seed=0, checkpoint_step=1, eval_split='test')
+             for m in lesions]
+  numbers, errors = lesion.single_deletions(records, 'r', 'mask')
+  assert numbers == list(range(1, 10))
+  marks = [u['index'] + 1 for u in units if u['downsampling']]  # Where the plot draws them.
+  assert [n for n, e in zip(numbers, errors) if e == 90.0] == marks == [4, 7]
+
+
 def test_deleting_units_of_a_preact_net_is_skipping_them_and_plain_nets_lose_their_only_path():
   images, labels = _batch()
   preact = models.create_model('cifar', 20, placement='full_preact', scan=False)
