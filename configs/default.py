@@ -55,6 +55,11 @@ def get_config():
   # Per-channel normalisation, in [0, 255] pixel units; CIFAR-10 training-set statistics.
   config.data.mean = (125.31, 122.95, 113.87)
   config.data.std = (62.99, 62.09, 66.70)
+  # 'grain': decode, augment and batch on the host (resnet_jax/data/pipeline.py), any dataset.
+  # 'device': the train split decoded once into uint8 on every device, each step's batch gathered,
+  # cropped, flipped and normalised inside the jitted step (resnet_jax/data/device.py); only for
+  # splits that fit in memory (CIFAR-10/100, digits), and it needs no data-iterator state.
+  config.data.pipeline = 'grain'
   # Multiprocess loading through grain: 0 loads in the main process.
   config.data.worker_count = 0
   config.data.worker_buffer_size = 2

@@ -20,6 +20,14 @@ class ConfigError(UserError, ValueError):
   """A config value that cannot work."""
 
 
+PIPELINES = ('grain', 'device')
+# config.data.pipeline='device' keeps the whole train split on every device as uint8 (150 MB for
+# CIFAR), so only small datasets of fixed-size images can use it, with the augmentations that
+# resnet_jax/data/device.py implements in the jitted step.
+DEVICE_PIPELINE_DATASETS = ('cifar10', 'cifar100', 'digits')
+DEVICE_PIPELINE_AUGMENTATIONS = ('cifar', 'shift', 'none')
+
+
 def _choice(config, key: str, allowed) -> None:
   value = config
   for part in key.split('.'):
@@ -162,6 +170,15 @@ def validate(config) -> None:
   _choice(config, 'lr_schedule', optim.SCHEDULES)
   _choice(config, 'warmup_mode', optim.WARMUP_MODES)
   _choice(config, 'distributed.initialize', ('auto', 'on', 'off'))
+  _choice(config, 'data.pipeline', PIPELINES)
+  if config.data.pipeline == 'device':
+    _check(config.data.dataset in DEVICE_PIPELINE_DATASETS, 'data.pipeline', 'device',
+           f'keeps the whole train split on every device, which only '
+           f'{DEVICE_PIPELINE_DATASETS} are small enough for; read '
+           f"config.data.dataset={config.data.dataset!r} with --config.data.pipeline=grain")
+    _check(config.data.augment in DEVICE_PIPELINE_AUGMENTATIONS, 'data.pipeline', 'device',
+           f'augments in the train step with {DEVICE_PIPELINE_AUGMENTATIONS} only, not '
+           f"config.data.augment={config.data.augment!r}; use --config.data.pipeline=grain")
   for key, test, requirement in _RANGES:
     value = _get(config, key)
     if value is None:

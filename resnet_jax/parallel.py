@@ -142,17 +142,37 @@ class DataParallel:
   def num_devices(self) -> int:
     return self.mesh.size
 
-  def map(self, fn: Callable, donate_state: bool = False) -> Callable:
-    """Maps `fn(state, batch) -> outputs` over the devices.
+  def map(self, fn: Callable, donate_state: bool = False, replicated_args: int = 0) -> Callable:
+    """Maps `fn(state, batch, *replicated) -> outputs` over the devices.
 
     The state is replicated, the batch split along `AXIS`, and every output replicated: `fn` must
-    reduce over `AXIS` itself before returning.
+    reduce over `AXIS` itself before returning. `replicated_args` more arguments may follow the
+    batch, replicated like the state and placed by `replicate` (the device data path's dataset).
     """
     donate = (0,) if donate_state else ()
     if self.backend == 'pmap':
       return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=donate)
-    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)) + (P(),) * replicated_args,
+                           out_specs=P())
     return jax.jit(mapped, donate_argnums=donate)
+
+  def replicate(self, tree: Any) -> Any:
+    """Host NumPy arrays -> a copy on every device, in this backend's layout.
+
+    Each process places the copies on its own devices from its own host arrays, which must hold
+    the same values on every process; nothing is broadcast or stacked on the host.
+    """
+    if self.backend == 'pmap':
+      def place(x):
+        x = np.asarray(x)[None]
+        shards = [jax.device_put(x, d) for d in self.local_devices]
+        return jax.make_array_from_single_device_arrays(
+            (len(shards),) + x.shape[1:], self._pmap_stacked, shards)
+    else:
+      def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
+    return jax.tree.map(place, tree)
 
   def init_replicated(self, init_fn: Callable, *args) -> Any:
     """Runs `init_fn(*args)` so its result is replicated over the devices in this backend's layout.

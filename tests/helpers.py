@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -28,6 +29,20 @@ def main_command(workdir, *overrides, config='configs/quickstart.py') -> list[st
 def run_main(workdir, *overrides, config='configs/quickstart.py', devices=1, timeout=600):
   return subprocess.run(main_command(workdir, *overrides, config=config), cwd=ROOT,
                         env=env(devices), capture_output=True, text=True, timeout=timeout)
+
+
+def interrupt(workdir, sig, *overrides, config='configs/quickstart.py'):
+  """Starts a run, waits for its first checkpoint, then sends `sig`; returns the exit code and
+  what it printed on stderr."""
+  proc = subprocess.Popen(main_command(workdir, *overrides, config=config), cwd=ROOT, env=env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not checkpoint_steps(workdir) and time.time() < deadline:
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    time.sleep(0.2)
+  proc.send_signal(sig)
+  proc.wait(timeout=120)
+  return proc.returncode, proc.stderr.read()
 
 
 def checkpoint_steps(workdir) -> list[int]:

@@ -2,8 +2,6 @@
 uninterrupted run ends: parameters, BN statistics, optimiser state, RNG and data order."""
 
 import signal
-import subprocess
-import time
 
 import pytest
 
@@ -26,24 +24,10 @@ def uninterrupted(tmp_path_factory):
   return helpers.final_params(workdir)
 
 
-def _interrupt(workdir, sig):
-  """Starts a run, waits for its first checkpoint, then sends `sig`; returns the exit code."""
-  proc = subprocess.Popen(helpers.main_command(workdir, *ARGS), cwd=helpers.ROOT,
-                          env=helpers.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-  deadline = time.time() + 300
-  while not helpers.checkpoint_steps(workdir) and time.time() < deadline:
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    time.sleep(0.2)
-  proc.send_signal(sig)
-  proc.wait(timeout=120)
-  return proc.returncode, proc.stderr.read()
-
-
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
                          ids=['SIGKILL', 'SIGTERM', 'SIGINT'])
 def test_resumed_run_is_bit_exact(tmp_path, uninterrupted, sig):
-  code, stderr = _interrupt(tmp_path, sig)
+  code, stderr = helpers.interrupt(tmp_path, sig, *ARGS)
   interrupted_at = helpers.checkpoint_steps(tmp_path)[-1]
   assert interrupted_at < STEPS, 'the run finished before the signal: nothing was tested'
   if sig != signal.SIGKILL:

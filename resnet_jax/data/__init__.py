@@ -3,8 +3,11 @@
   info = data.dataset_info(config.data)
   train_iter = data.create_train_iterator(config.data, global_batch_size=..., seed=...)
   for batch in data.create_eval_iterator(config.data, global_batch_size=...): ...
+
+The device data path (config.data.pipeline='device') is `data.device`.
 """
 
+from resnet_jax.data import device
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.pipeline import AUGMENTATIONS
 from resnet_jax.data.pipeline import create_eval_iterator
@@ -20,5 +23,6 @@ __all__ = [
     'create_eval_iterator',
     'create_train_iterator',
     'dataset_info',
+    'device',
     'open_source',
 ]

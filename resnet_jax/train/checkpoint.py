@@ -3,7 +3,8 @@
 Saving the state and the iterator is what makes resume exact: the restored run sees the same next
 batch, the same augmentation draws (grain derives them from the record index) and the same RNG
 stream (the state holds the key, and steps fold in their number) as the run that was interrupted.
-The config beside them says which run wrote them.
+The device data path (resnet_jax/data/device.py) draws its batches from the step number alone, so
+its checkpoints hold no iterator. The config beside them says which run wrote them.
 
 Nothing a run has saved is lost to a fault:
 * an unreadable checkpoint is moved aside to `corrupt-<step>/`, never deleted, and only once an
@@ -113,12 +114,17 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator, config: dict) -> None:
-    """Starts an asynchronous save; `state` must be replicated global arrays."""
+    """Starts an asynchronous save; `state` must be replicated global arrays.
+
+    `data_iterator` is None where the data is a function of the step alone (the device data
+    path): the checkpoint then holds no data item.
+    """
     self.poll()
     self._check_space(step, sum(x.nbytes for x in jax.tree.leaves(state)))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iterator),
-                              config=ocp.args.JsonSave(config))
+    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    args = ocp.args.Composite(**items)
     try:
       self.manager.save(step, args=args, force=True)
     except Exception as e:  # A synchronous failure (the directory cannot even be created).
@@ -168,7 +174,8 @@ class Checkpointer:
 
   def restore(self, state_like: Any, data_iterator, config: dict,
               allow_config_change: bool = False) -> tuple[int | None, Any]:
-    """Restores the newest readable checkpoint into the shapes and shardings of `state_like`.
+    """Restores the newest readable checkpoint into the shapes and shardings of `state_like`,
+    and `data_iterator` (None on the device data path) to the position saved with it.
 
     A checkpoint that cannot be read (a truncated file after a crash, a corrupted disk) is passed
     over with a warning for the next older one, and moved aside to `corrupt-<step>/` once an older
@@ -185,9 +192,14 @@ class Checkpointer:
         if (epath.Path(self.directory) / str(step) / 'config').exists():  # Older ones have none.
           self._check_config(step, allow_config_change, config)
         self._check_fits(step, metadata['state'], abstract)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        items = dict(state=ocp.args.StandardRestore(abstract))
+        if data_iterator is not None:
+          if (epath.Path(self.directory) / str(step) / 'data').exists():
+            items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+          else:  # Written by the device data path: a change of config.data.pipeline on purpose.
+            logging.warning('The checkpoint of step %d holds no data-iterator state; the data '
+                            'iterator starts at the beginning of its stream.', step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except CheckpointMismatch:
         raise
       except Exception as e:  # orbax raises many types for unreadable files; try the next one.

@@ -134,6 +134,19 @@ def evaluate(p_eval_step, state, config, par: parallel.DataParallel) -> dict:
           'eval/num_examples': result.accuracy.count}
 
 
+def _device_data(config, par: parallel.DataParallel, train_step, start_step: int):
+  """The device data path: the train step on the split held by the devices, and the stream of
+  (record indices, None) for the steps from `start_step` (None: no iterator state to record)."""
+  split = data.device.load_split(config.data, config.data.train_split)
+  dataset = par.replicate(split)
+  stream = data.device.Stream(len(split['label']), global_batch_size=config.batch_size,
+                              seed=config.seed)
+  mapped = par.map(data.device.gathered(train_step, config.data, config.seed), donate_state=True,
+                   replicated_args=1)
+  return (lambda state, indices: mapped(state, indices, dataset),
+          ((indices, None) for indices in stream.from_step(start_step)))
+
+
 def _train_scalars(metrics, par, steps: int) -> dict:
   m = par.host_value(metrics)
   return {'train/loss': m.loss.compute(), 'train/accuracy': m.accuracy.compute(),
@@ -158,8 +171,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
   devices: the devices to run on (default: all of them). train_iterator: this process's batches,
-  in place of the configured pipeline (tests use it to feed the same global batches to runs of
-  different process counts).
+  in place of the configured grain pipeline (tests use it to feed the same global batches to runs
+  of different process counts).
 
   A run stopped by SIGTERM or SIGINT returns {'stopped': True, 'signal': signum, ...} after
   saving. Bad input raises a resnet_jax.errors.UserError and a failed run a RunError, each with a
@@ -197,10 +210,15 @@ def _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main)
       functools.partial(create_train_state, model=model, tx=tx, image_shape=info.image_shape),
       jax.random.key_data(jax.random.key(config.seed)))
 
-  if train_iterator is None:
-    train_iterator = data.create_train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed)
-  train_iterator = ConsumedIterator(train_iterator)
+  if config.data.pipeline == 'device':
+    # No iterator: each step's batch is a function of (seed, step) (_device_data).
+    if train_iterator is not None:
+      raise ValueError("train_iterator feeds the grain path; config.data.pipeline is 'device'")
+  else:
+    if train_iterator is None:
+      train_iterator = data.create_train_iterator(
+          config.data, global_batch_size=config.batch_size, seed=config.seed)
+    train_iterator = ConsumedIterator(train_iterator)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
                       keep_best=config.keep_best_checkpoint)
   try:
@@ -229,15 +247,20 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
   ckpt.best.best_step, best_accuracy = _best_eval_step(
       [r for r in read_metrics(workdir) if r['step'] <= start_step], set(ckpt.all_steps()))
 
-  p_train_step = par.map(functools.partial(
+  train_step = functools.partial(
       step_lib.train_step, label_smoothing=config.label_smoothing,
       sync_batch_stats=config.parallel.sync_batch_stats,
-      skip_nonfinite=config.skip_nonfinite_updates), donate_state=True)
+      skip_nonfinite=config.skip_nonfinite_updates)
+  if train_iterator is None:
+    p_train_step, items = _device_data(config, par, train_step, start_step)
+  else:
+    p_train_step = par.map(train_step, donate_state=True)
+    items = train_iterator.pull()
   p_eval_step = par.map(step_lib.eval_step)
 
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step)
-  batches = par.prefetch(train_iterator.pull(), config.data.prefetch_to_device,
+  batches = par.prefetch(items, config.data.prefetch_to_device,
                          place=lambda item: (par.put_batch(item[0]), item[1]))
   window, window_steps, nonfinite_steps = None, 0, 0
   eval_scalars, last_train = {}, {}
@@ -247,7 +270,8 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
     while step < total_steps:
       batch, data_state = next(batches)
       state, m = p_train_step(state, batch)
-      train_iterator.consumed(data_state)
+      if train_iterator is not None:
+        train_iterator.consumed(data_state)
       window = m if window is None else window.merge(m)
       window_steps += 1
       step += 1
