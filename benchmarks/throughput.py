@@ -151,8 +151,10 @@ def _config_overrides() -> str:
 
 def _workload(name, config_file, overrides, config) -> Workload:
   from resnet_jax import data
+  from resnet_jax.train import loop
   config = recipes.finalize(config)
   config_check.validate(config)
+  loop.create_model(config, config.parallel.sync_batch_stats)  # A bad model key: one line, now.
   try:
     info = data.dataset_info(config.data)
   except data.DataError as e:
