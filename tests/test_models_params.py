@@ -108,10 +108,13 @@ def test_stride_placement_v1_and_v1_5():
 
 
 @pytest.mark.parametrize('kwargs,message', [
-    (dict(family='cifar', depth=21), 'depth=21 is not a cifar depth; allowed: 20, 32, 44, 56, 110, '
-     '1202 (basic, 6n+2) and 164, 1001 (bottleneck, 9n+2)'),
+    (dict(family='cifar', depth=21), 'depth=21 is not a cifar depth; the allowed depths are 20, '
+     '32, 44, 56, 110, 1202 (basic units) and 164, 1001 (bottleneck units)'),
+    # 26 = 6n+2 (n = 4) is still refused: the message lists depths, it gives no rule.
+    (dict(family='cifar', depth=26), 'depth=26 is not a cifar depth; the allowed depths are 20, '
+     '32, 44, 56, 110, 1202 (basic units) and 164, 1001 (bottleneck units)'),
     (dict(family='imagenet', depth=20),
-     'allowed: 18, 34 (basic) and 50, 101, 152, 200 (bottleneck)'),
+     'the allowed depths are 18, 34 (basic units) and 50, 101, 152, 200 (bottleneck units)'),
     (dict(family='mnist', depth=20), "family='mnist' is not allowed; allowed: 'cifar', 'imagenet'"),
     (dict(placement='preact'), "placement='preact' is not allowed; allowed: 'original', "
      "'bn_after_add', 'relu_before_add', 'relu_only_preact', 'full_preact'"),

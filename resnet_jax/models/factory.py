@@ -36,12 +36,11 @@ def scan_by_default(stage_sizes, backend=None) -> bool:
 
 
 def _allowed_depths(family):
+  """The depth table as a list: only these depths are built, not every 6n+2 or 9n+2."""
   by_block = {}
   for depth, (block, _) in sorted(FAMILIES[family].depths.items()):
     by_block.setdefault(block, []).append(str(depth))
-  rules = {'cifar': {'basic': 'basic, 6n+2', 'bottleneck': 'bottleneck, 9n+2'},
-           'imagenet': {'basic': 'basic', 'bottleneck': 'bottleneck'}}[family]
-  return ' and '.join(f'{", ".join(ds)} ({rules[b]})' for b, ds in by_block.items())
+  return ' and '.join(f'{", ".join(ds)} ({b} units)' for b, ds in by_block.items())
 
 
 def _check_choice(argument, value, allowed):
@@ -97,7 +96,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
   _check_choice('family', family, tuple(FAMILIES))
   spec = FAMILIES[family]
   if isinstance(depth, bool) or depth not in spec.depths:
-    raise ValueError(f'depth={depth!r} is not a {family} depth; allowed: '
+    raise ValueError(f'depth={depth!r} is not a {family} depth; the allowed depths are '
                      f'{_allowed_depths(family)}')
   block, stage_sizes = spec.depths[depth]
   _check_choice('placement', placement, PLACEMENTS)
