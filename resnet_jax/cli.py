@@ -9,6 +9,7 @@ import difflib
 import importlib.machinery
 import importlib.util
 import inspect
+import logging
 import os
 import re
 import sys
@@ -142,13 +143,54 @@ def _user_error(error: Exception, argv) -> UserError:
   return UserError(f'cannot parse the command line: {type(error).__name__}: {message}')
 
 
-def parse_flags(argv: list[str], required: tuple[str, ...] = ()) -> list[str]:
+class _TpuProbeFilter(logging.Filter):
+  """Drops JAX's INFO line "Unable to initialize backend 'tpu': ... libtpu.so ...".
+
+  Without JAX_PLATFORMS, JAX tries every backend it knows and logs each one that is not there;
+  on a machine without a TPU that line looks like a failure but means nothing. A TPU that is
+  there but fails is still reported: JAX raises then, it does not log.
+  """
+
+  def filter(self, record):
+    return not (record.levelno <= logging.INFO
+                and record.getMessage().startswith("Unable to initialize backend 'tpu'"))
+
+
+def quiet_tpu_probe() -> None:
+  """Installs _TpuProbeFilter on JAX's backend logger (once)."""
+  logger = logging.getLogger('jax._src.xla_bridge')
+  if not any(isinstance(f, _TpuProbeFilter) for f in logger.filters):
+    logger.addFilter(_TpuProbeFilter())
+
+
+def quiet_library_logs() -> None:
+  """orbax and tfds log every file operation through absl's logger at INFO; keep a command's own
+  output readable. --verbosity=1 brings them back."""
+  if flags.FLAGS.verbosity <= 0:
+    logging.getLogger('absl').setLevel(logging.WARNING)
+
+
+def register_key_flags(names) -> None:
+  """Makes --helpshort list these flags.
+
+  --helpshort lists the flags of the module that sys.argv[0] names: the module run with
+  `python -m`, or the console script, which is not the module that defined them.
+  """
+  for name in names:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def parse_flags(argv: list[str], required: tuple[str, ...] = (),
+                positional: str | None = None) -> list[str]:
   """Parses absl's flags.FLAGS for `app.run(main, flags_parser=...)`.
 
   Like absl's own parser, it ends the process on a mistake, but with one line `error: ...` and
   exit code 2 instead of a traceback (ml_collections' KeyError for an unknown key) or a dump of
-  every flag. A `required` flag that is missing or an argument that is no flag is a mistake too.
+  every flag. A `required` flag that is missing or an argument that is no flag is a mistake too,
+  unless `positional` names what the arguments are (e.g. 'IMAGE'): then they are returned after
+  the program name, for the command to check.
   """
+  quiet_tpu_probe()  # Every command line passes here before JAX starts its backends.
   try:
     try:
       rest = flags.FLAGS(argv)
@@ -157,7 +199,7 @@ def parse_flags(argv: list[str], required: tuple[str, ...] = ()) -> list[str]:
     missing = [f'--{name}' for name in required if flags.FLAGS[name].value is None]
     if missing:
       raise UserError(f'{" and ".join(missing)} must be given; --helpshort lists the flags.')
-    if len(rest) > 1:
+    if len(rest) > 1 and not positional:
       raise UserError(f'unexpected arguments {rest[1:]}: every argument is a flag, '
                       '--name=value; --helpshort lists them.')
   except UserError as e:
