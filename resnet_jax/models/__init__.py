@@ -3,14 +3,19 @@
   model = create_model('cifar', 110, placement='full_preact')
   variables = model.init(rng, images, train=False)            # {'params', 'batch_stats'}
   logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+
+  model, variables = load_pretrained('model.safetensors')    # resnet_jax.export / convert
 """
 
 from resnet_jax.models.factory import SCAN_AUTO_MIN_REPEATS, create_model
+from resnet_jax.models.pretrained import (PretrainedError, load_pretrained, read_pretrained,
+                                          save_pretrained)
 from resnet_jax.models.resnet import (CIFAR, FAMILIES, IMAGENET, SHORTCUTS, ResNet,
                                       scan_to_unrolled, unit_names, unrolled_to_scan)
 from resnet_jax.models.units import PLACEMENTS, ResidualUnit
 
 __all__ = [
     'CIFAR', 'FAMILIES', 'IMAGENET', 'PLACEMENTS', 'SCAN_AUTO_MIN_REPEATS', 'SHORTCUTS',
-    'ResNet', 'ResidualUnit', 'create_model', 'scan_to_unrolled', 'unit_names', 'unrolled_to_scan',
+    'PretrainedError', 'ResNet', 'ResidualUnit', 'create_model', 'load_pretrained',
+    'read_pretrained', 'save_pretrained', 'scan_to_unrolled', 'unit_names', 'unrolled_to_scan',
 ]
