@@ -1,0 +1,131 @@
+"""Evaluates a run's checkpoint, or a weight file, on any split of its dataset, exactly.
+
+  python -m resnet_jax.evaluate --workdir=runs/quickstart                    # best checkpoint
+  python -m resnet_jax.evaluate --workdir=runs/quickstart --checkpoint=latest --split=train
+  python -m resnet_jax.evaluate --model=resnet50.safetensors --split=validation
+
+Every example of the split counts once: the trainer's eval (padded batches, the padding masked).
+Prints top-1, top-5 and the loss, and for a run writes them to <workdir>/eval_<split>_<step>.json.
+It only reads the run (no lock, no change to its checkpoints or metrics), so it can evaluate a
+run while it trains. The model and the preprocessing are the run's config (or the file's).
+"""
+
+import json
+import os
+import re
+import sys
+from typing import Any, Callable
+
+from absl import app, flags
+import flax
+
+from resnet_jax import cli, errors
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'The run to evaluate (its config.json and checkpoints/).')
+  flags.DEFINE_string('model', None, 'A weight file (resnet_jax.export, resnet_jax.convert) to '
+                      'evaluate instead of a run.')
+  flags.DEFINE_string('checkpoint', 'best', "'best' (the best eval accuracy in metrics.jsonl), "
+                      "'latest' or a step number.")
+  flags.DEFINE_string('split', None, "A split of the dataset, in tfds's syntax ('test', "
+                      "'train[:5000]'); default: the run's config.data.eval_split.")
+  flags.DEFINE_string('data_dir', None, "Where the tfds data is; default: the run's "
+                      'config.data.data_dir, else $TFDS_DATA_DIR.')
+  flags.DEFINE_integer('eval_batch_size', None, "Examples per batch; default: the run's.")
+  cli.register_key_flags(('workdir', 'model', 'checkpoint', 'split', 'data_dir',
+                          'eval_batch_size'))
+
+
+@flax.struct.dataclass
+class EvalState:
+  """What resnet_jax.train.step.eval_step reads of a train state."""
+  params: Any
+  batch_stats: Any
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+
+
+def evaluate(weights, split: str, eval_batch_size: int, devices=None) -> dict:
+  """{'eval/accuracy', 'eval/top5_accuracy', 'eval/loss', 'eval/num_examples'} of `weights`
+  (resnet_jax.train.trained.Weights) on `split` of its dataset, on all (or `devices`) devices."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from resnet_jax import data, parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop, step as step_lib  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'data': weights.data.to_dict(),
+                                      'eval_batch_size': eval_batch_size})
+  config.data.eval_split = split
+  try:
+    source = data.open_source(config.data, split)
+  except data.DataError as e:
+    raise errors.UserError(f'--split={split}: {e}') from None
+  if source.num_classes != weights.model.num_classes:
+    raise errors.UserError(
+        f'the net has {weights.model.num_classes} classes and {config.data.dataset!r} has '
+        f'{source.num_classes}: it was not trained on this dataset.')
+  par = parallel.DataParallel('shard_map', devices)
+  if eval_batch_size <= 0:
+    raise errors.UserError(f'--eval_batch_size={eval_batch_size} must be positive.')
+  parallel.check_batch_size('eval_batch_size', eval_batch_size, par.num_devices)
+  state = par.replicate(EvalState(weights.variables['params'],
+                                  weights.variables.get('batch_stats', {}), weights.model.apply))
+  result = loop.evaluate(par.map(step_lib.eval_step), state, config, par)
+  return {k: float(v) if k != 'eval/num_examples' else int(v) for k, v in result.items()}
+
+
+def result_path(workdir: str, split: str, step: int) -> str:
+  # A split string may hold brackets, colons and percent signs: keep file names plain.
+  return os.path.join(workdir, f'eval_{re.sub(r"[^A-Za-z0-9._-]", "_", split)}_{step}.json')
+
+
+def open_weights(workdir, model_file, checkpoint):
+  """trained.open_weights, its errors worded for the flags of the command lines."""
+  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
+  try:
+    return trained.open_weights(workdir, model_file, checkpoint)
+  except trained.RunReadError as e:
+    subject = f'--checkpoint={checkpoint}' if e.about == 'checkpoint' else f'--workdir={workdir}'
+    raise errors.UserError(f'{subject} {e}') from None
+
+
+def run(workdir, model_file, checkpoint, split, data_dir, eval_batch_size) -> dict:
+  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  weights = open_weights(workdir, model_file, checkpoint)
+  if data_dir:
+    weights.data.data_dir = data_dir
+  split = split or weights.data.eval_split
+  if eval_batch_size is None:
+    eval_batch_size = weights.eval_batch_size
+  result = evaluate(weights, split, eval_batch_size)
+  top1, top5 = result['eval/accuracy'], result['eval/top5_accuracy']
+  print(f'{weights.description} on {weights.data.dataset} {split!r} '
+        f'({result["eval/num_examples"]:,} examples): top-1 {100 * top1:.2f}%, '
+        f'top-5 {100 * top5:.2f}%, loss {result["eval/loss"]:.4f}')
+  if workdir is not None:
+    record = {'step': weights.step, 'checkpoint': checkpoint, 'dataset': weights.data.dataset,
+              'split': split, **result}
+    path = result_path(workdir, split, weights.step)
+    try:
+      workdir_lib.write_atomic(path, json.dumps(record, indent=2) + '\n')
+      print(f'wrote {path}')
+    except OSError as e:
+      print(f'warning: could not write {path} ({e.strerror}); the result is above.',
+            file=sys.stderr)
+  return result
+
+
+def main(argv):
+  del argv
+  cli.quiet_library_logs()
+  try:
+    run(FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
+        FLAGS.eval_batch_size)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
