@@ -121,6 +121,14 @@ def get_config():
   # A non-finite loss or gradient stops the run before it is saved; True skips such steps
   # (parameters, optimiser state and BN statistics unchanged) and counts them in the metrics.
   config.skip_nonfinite_updates = False
+  # Fine-tuning: a fresh run starts from these weights instead of a random init: a weight file
+  # (resnet_jax.export, resnet_jax.convert) or a workdir with an optional checkpoint ('runs/x' is
+  # its newest, 'runs/x:1200', 'runs/x:best'). The optimiser state and the step start fresh; a run
+  # that resumes continues from its own checkpoint (resnet_jax/train/init_from.py). None: random.
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  # False keeps the new net's random classifier (head) instead of loading it, as a different
+  # config.model.num_classes requires.
+  config.init_head = True
 
   # Parallelism over all devices of all processes.
   config.parallel = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ and parses command lines with these checks.
 import difflib
 import math
 import numbers
+import os
 
 import ml_collections
 
@@ -194,6 +195,39 @@ def validate(config) -> None:
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   _check(len(mean) == len(std) > 0, 'data.mean', mean,
          f'needs one value per image channel, as many as config.data.std={std}')
+  # Whether the file or workdir exists and fits the model is checked when a fresh run starts
+  # (resnet_jax/train/init_from.py): a resumed run never reads it again.
+  _check(config.init_from is None or bool(config.init_from.strip()), 'init_from',
+         config.init_from, "must name a weight file or a workdir ('runs/x', 'runs/x:1200'), or "
+         'be None to start from a random init')
+
+
+def check_init_from_path(config, path: str) -> None:
+  """Raises ConfigError unless config.init_from names a file or a directory that exists."""
+  if not os.path.exists(path):
+    raise ConfigError(
+        f'config.init_from={config.init_from!r}: {path} does not exist; give a weight file '
+        '(python -m resnet_jax.export or resnet_jax.convert writes one) or a workdir, e.g. '
+        "'runs/x' or 'runs/x:1200'.")
+
+
+def check_init_from_fits(config, problems: list[str], head: str = 'params/head/') -> None:
+  """Raises ConfigError if the weights of config.init_from do not fit the model: `problems` are
+  their differences (resnet_jax.models.pretrained.differences), the first few of which it names.
+  With config.init_head=False the classifier (`head`) may differ: it is not loaded."""
+  if not config.init_head:
+    problems = [p for p in problems if not p.startswith(head)]
+  if not problems:
+    return
+  first = '; '.join(problems[:3])
+  count = f'{len(problems)} difference{"s" if len(problems) > 1 else ""}, e.g. {first}'
+  if all(p.startswith(head) for p in problems):
+    raise ConfigError(
+        f'config.init_from={config.init_from!r}: its classifier does not fit this model ({count}); '
+        'set --config.init_head=false to train a new one (as another num_classes requires).')
+  raise ConfigError(
+      f'config.init_from={config.init_from!r}: the weights do not fit this model ({count}); they '
+      "were trained with another config.model than this run's.")
 
 
 def validate_against_dataset(config, info) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from resnet_jax import config_check, data, models, parallel, recipes
 from resnet_jax.errors import RunError
 from resnet_jax.metrics import MetricWriter, Progress, read_metrics
-from resnet_jax.train import optim, step as step_lib
+from resnet_jax.train import init_from, optim, step as step_lib
 from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train.checkpoint import Checkpointer
 from resnet_jax.train.state import create_train_state
@@ -209,6 +209,8 @@ def _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main)
   state = par.init_replicated(
       functools.partial(create_train_state, model=model, tx=tx, image_shape=info.image_shape),
       jax.random.key_data(jax.random.key(config.seed)))
+  # Fine-tuning: a fresh run's first weights from config.init_from; a resumed run keeps its own.
+  state = init_from.initialize(config, workdir, state, model, par)
 
   if config.data.pipeline == 'device':
     # No iterator: each step's batch is a function of (seed, step) (_device_data).
