@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax.data import pipeline
 from resnet_jax.data import integrity
+from resnet_jax.data import pipeline
 from resnet_jax.data.errors import DataError
 
 # Keeps the augmentation stream apart from the streams that jax.random.key(seed) itself starts
