@@ -6,7 +6,8 @@ Imports neither JAX nor PyTorch; callers pass the JAX device in.
 import dataclasses
 import importlib.metadata
 import os
-import platform
+
+from resnet_jax import host
 
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch', 'torchvision')
 
@@ -65,25 +66,6 @@ def peak_flops(device_kind: str, dtype: str,
   return None, f'no peak tabled for {device_kind!r} (benchmarks/hardware.py); give --peak_flops'
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def cpu_count() -> int:
-  """The cores this process may run on (its affinity), which is what JAX and PyTorch use."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
 def versions() -> dict[str, str]:
   """The installed version of each of LIBRARIES; '' for those not installed."""
   found = {}
@@ -99,7 +81,8 @@ def describe(devices) -> dict:
   """The hardware a run used: `devices` are the JAX devices the project's step runs on."""
   device = devices[0]
   return {'platform': device.platform, 'device_kind': device.device_kind,
-          'device_count': len(devices), 'cpu_model': cpu_model(), 'cpu_count': cpu_count(),
+          'device_count': len(devices), 'cpu_model': host.cpu_model(),
+          'cpu_count': host.cpu_count(),
           'load_avg_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else ''}
 
 

@@ -28,7 +28,7 @@ import time
 
 import ml_collections
 
-from resnet_jax import recipes
+from resnet_jax import host, recipes
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.train import workdir as workdir_lib
 
@@ -65,22 +65,10 @@ def hardware() -> str:
   import jax
   devices = jax.devices()
   if devices[0].platform == 'cpu':
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    name = f'cpu: {_cpu_model()} x{cores} cores'
+    name = f'cpu: {host.cpu_model()} x{host.cpu_count()} cores'
   else:
     name = f'{devices[0].platform}: {devices[0].device_kind} x{len(devices)}'
   return f'{name}, jax {jax.__version__}'
-
-
-def _cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def versions() -> dict:

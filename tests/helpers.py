@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,32 @@ def interrupt(workdir, sig, *overrides, config='configs/quickstart.py'):
   proc.send_signal(sig)
   proc.wait(timeout=120)
   return proc.returncode, proc.stderr.read()
+
+
+def run_distributed(workdir, *overrides, num_processes=2, devices_per_process=2,
+                    config='configs/quickstart.py', timeout=400) -> list[str]:
+  """Runs the trainer as `num_processes` jax.distributed processes on this host (a coordinator on
+  a free local port), waits for all of them, asserts each exited 0, and returns their output."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      main_command(workdir, *overrides,
+                   f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                   f'--config.distributed.num_processes={num_processes}',
+                   f'--config.distributed.process_id={i}', config=config),
+      cwd=ROOT, env=env(devices=devices_per_process), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def train_losses(workdir) -> list[float]:
+  """The train/loss column of a workdir's metrics.jsonl, in step order."""
+  with open(pathlib.Path(workdir) / 'metrics.jsonl') as f:
+    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
 
 
 def checkpoint_steps(workdir) -> list[int]:

@@ -6,8 +6,6 @@ single-process reference is fed the two shards concatenated in process order: de
 the same examples in both runs. Losses agree to 1e-5 relative, parameters to 1e-5 absolute.
 """
 
-import json
-import socket
 import subprocess
 import sys
 
@@ -58,30 +56,9 @@ loop.train_and_evaluate(config, sys.argv[1], train_iterator=Concatenated(config)
 '''
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _losses(workdir):
-  with open(workdir / 'metrics.jsonl') as f:
-    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
-
-
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
-  port = _free_port()
   multi = tmp_path / 'two_processes'
-  procs = [subprocess.Popen(
-      helpers.main_command(multi, *OVERRIDES,
-                           f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-                           '--config.distributed.num_processes=2',
-                           f'--config.distributed.process_id={i}'),
-      cwd=helpers.ROOT, env=helpers.env(devices=2), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  outputs = helpers.run_distributed(multi, *OVERRIDES)
   assert 'process 0 of 2, 2 local / 4 global devices' in outputs[0]
 
   single = tmp_path / 'one_process'
@@ -90,7 +67,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
                        text=True, timeout=400)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
-  losses_multi, losses_single = _losses(multi), _losses(single)
+  losses_multi, losses_single = helpers.train_losses(multi), helpers.train_losses(single)
   # Only process 0 writes logs: one record per step, not two.
   assert len(losses_multi) == STEPS and losses_multi[-1] < losses_multi[0]
   np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-5)
