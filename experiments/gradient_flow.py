@@ -42,6 +42,7 @@ from experiments import plots, sweep
 from resnet_jax import data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import loop
+from resnet_jax.train import step as step_lib
 
 STUDY = 'gradient_flow'
 NETS = {  # label -> (placement, shortcut); shortcut None is the family's default (A basic, B bottleneck)
@@ -168,7 +169,8 @@ def fixed_batch(config, num_images: int):
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.eval_split = f'{config.data.train_split}[:{num_images}]'
   batch = next(iter(data.create_eval_iterator(data_config, global_batch_size=num_images)))
-  return jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  images = step_lib.model_input(jnp.asarray(batch['image']), config.data.mean, config.data.std)
+  return images, jnp.asarray(batch['label'])
 
 
 def init_variables(config, model):

@@ -40,6 +40,7 @@ from experiments.gradient_flow import base_config, checkpoint_steps, checkpoint_
 from resnet_jax import data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import loop
+from resnet_jax.train import step as step_lib
 
 STUDY = 'lesion'
 NETS = {  # label -> (placement, shortcut): Veit et al. lesion a pre-activation ResNet-110.
@@ -170,7 +171,9 @@ def eval_batches(config, split: str, batch_size: int = 500):
   batches = []
   for batch in data.create_eval_iterator(data_config, global_batch_size=batch_size):
     keep = np.asarray(batch['mask'], bool)
-    batches.append((jnp.asarray(batch['image'][keep]), jnp.asarray(batch['label'][keep])))
+    images = step_lib.model_input(jnp.asarray(batch['image'][keep]), config.data.mean,
+                                  config.data.std)
+    batches.append((images, jnp.asarray(batch['label'][keep])))
   return batches
 
 

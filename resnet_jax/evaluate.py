@@ -70,7 +70,7 @@ def evaluate(weights, split: str, eval_batch_size: int, devices=None) -> dict:
   parallel.check_batch_size('eval_batch_size', eval_batch_size, par.num_devices)
   state = par.replicate(EvalState(weights.variables['params'],
                                   weights.variables.get('batch_stats', {}), weights.model.apply))
-  result = loop.evaluate(par.map(step_lib.eval_step), state, config, par)
+  result = loop.evaluate(par.map(step_lib.configured_eval_step(config)), state, config, par)
   return {k: float(v) if k != 'eval/num_examples' else int(v) for k, v in result.items()}
 
 

@@ -69,9 +69,7 @@ def test_shard_map_and_pmap_take_the_same_step_at_every_step_of_a_run():
   initial = {b: jax.device_get(p.host_value(p.init_replicated(
       init, jax.random.key_data(jax.random.key(config.seed))))) for b, p in pars.items()}
   assert _max_difference(*initial.values()) == 0
-  steps = {b: p.map(functools.partial(step_lib.train_step, label_smoothing=config.label_smoothing,
-                                      sync_batch_stats=config.parallel.sync_batch_stats))
-           for b, p in pars.items()}
+  steps = {b: p.map(step_lib.configured_train_step(config)) for b, p in pars.items()}
 
   def place(backend, host_state):
     par = pars[backend]
@@ -100,6 +98,6 @@ def test_shard_map_and_pmap_take_the_same_step_at_every_step_of_a_run():
   assert out['shard_map'][1] < 0.5  # It learned, so the steps compared were real ones.
 
   # The final test error is the same, example for example, on either backend.
-  accuracies = [loop.evaluate(par.map(step_lib.eval_step), place(b, state), config, par)
+  accuracies = [loop.evaluate(par.map(step_lib.configured_eval_step(config)), place(b, state), config, par)
                 for b, par in pars.items()]
   assert accuracies[0]['eval/accuracy'] == accuracies[1]['eval/accuracy']

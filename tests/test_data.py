@@ -18,6 +18,7 @@ import pytest
 
 from configs import quickstart
 from resnet_jax import data
+from resnet_jax.train import step as step_lib
 from resnet_jax.data import digits
 
 NUM_TRAIN, NUM_TEST = 1437, 360
@@ -69,15 +70,18 @@ def test_digits_split_is_fixed_the_first_80_percent_train_the_last_20_percent_te
   assert train[0]['image'].dtype == np.uint8 and train[0]['image'].max() <= 255
 
 
-def test_train_batches_are_this_process_part_of_the_global_batch_normalised():
+def test_train_batches_are_this_process_part_of_the_global_batch_of_pixels():
   iterator = data.create_train_iterator(
       digits_config(), global_batch_size=64, seed=0, process_index=1, process_count=2)
   batches = take(iterator, 40)
   batch = batches[0]
-  assert batch['image'].shape == (32, 8, 8, 1) and batch['image'].dtype == np.float32
+  # uint8 pixels: the step normalises them on the device.
+  assert batch['image'].shape == (32, 8, 8, 1) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
   # mean/std are the training set's (the values recommended for configs/quickstart.py).
-  images = np.concatenate([b['image'] for b in batches])
+  config = digits_config()
+  images = np.asarray(step_lib.model_input(np.concatenate([b['image'] for b in batches]),
+                                           config.mean, config.std))
   assert abs(images.mean()) < 0.05 and abs(images.std() - 1) < 0.05
 
 

@@ -7,10 +7,7 @@ accuracy comparison, which runs on real CIFAR-10 and skips with the reason where
 """
 
 import functools
-import json
 import signal
-import socket
-import subprocess
 
 from absl import flags
 import grain
@@ -56,10 +53,9 @@ def test_the_same_draw_gives_the_grain_paths_image(shape, pad):
   crops = jax.vmap(device.crop_and_flip, in_axes=(None, 0, 0, 0, None))(
       image, top, left, flip.astype(bool), pad)
   np.testing.assert_array_equal(np.asarray(crops), np.stack(grain_crops))
-  # Normalisation as augment.Normalize computes it, in float32.
+  # The step's normalisation on the device, as augment.Normalize computes it on the host.
   mean, std = tuple(range(100, 100 + shape[-1])), tuple(range(50, 50 + shape[-1]))
-  normalised = device.augment(crops, np.arange(len(draws)), key=jax.random.key(0), mode='none',
-                              pad=pad, mean=mean, std=std)
+  normalised = jax.jit(step_lib.model_input)(crops, mean, std)
   expected = [augment.Normalize(mean, std).map({'image': c, 'label': 0})['image']
               for c in grain_crops]
   np.testing.assert_allclose(np.asarray(normalised), np.stack(expected), rtol=1e-6)
@@ -103,9 +99,9 @@ def test_both_paths_draw_crops_and_flips_from_the_same_distribution():
     features = augment.RandomPadCrop(CIFAR_SHAPE[0], PAD).random_map({'image': image}, rng)
     grain_crops.append(augment.RandomFlip().random_map(features, rng)['image'])
   grain_draws = _read_draws(grain_crops)
-  # The device path, as the train step runs it (mean 0 and std 1 keep the pixel values).
-  run = jax.jit(functools.partial(device.augment, key=device.augment_key(0), pad=PAD,
-                                  mean=(0.0,) * 3, std=(1.0,) * 3), static_argnames='mode')
+  # The device path, as the train step runs it.
+  run = jax.jit(functools.partial(device.augment, key=device.augment_key(0), pad=PAD),
+                static_argnames='mode')
   images, positions = np.broadcast_to(image, (n, *CIFAR_SHAPE)), np.arange(n, dtype=np.uint32)
   device_draws = _read_draws(run(images, positions, mode='cifar'))
   for top, left, flip in (grain_draws, device_draws):
@@ -163,7 +159,8 @@ def _train_steps(backend, num_devices):
   state = par.init_replicated(functools.partial(
       create_train_state, model=loop.create_model(config, True), tx=tx, image_shape=(8, 8, 1)),
       jax.random.key_data(jax.random.key(config.seed)))
-  p_step = par.map(device.gathered(step_lib.train_step, config.data, config.seed),
+  p_step = par.map(device.gathered(step_lib.configured_train_step(config), config.data,
+                                   config.seed),
                    donate_state=True, replicated_args=1)
   dataset = par.replicate(split)
   stream = device.Stream(len(split['label']), global_batch_size=config.batch_size,
@@ -281,11 +278,6 @@ def test_a_killed_run_resumes_bit_for_bit_without_iterator_state(tmp_path):
   helpers.assert_trees_equal(state, expected)
 
 
-def _losses(workdir):
-  with open(workdir / 'metrics.jsonl') as f:
-    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
-
-
 @pytest.mark.slow
 def test_two_processes_follow_one_process_with_the_same_devices(tmp_path):
   # Every process computes the same stream and feeds its part to its devices, so 2 processes x 2
@@ -294,24 +286,12 @@ def test_two_processes_follow_one_process_with_the_same_devices(tmp_path):
           '--config.log_every_steps=1', '--config.eval_every_steps=6',
           '--config.checkpoint_every_steps=3', '--config.lr_boundaries=()',
           '--config.warmup_steps=0', '--config.learning_rate=0.02', '--config.batch_size=64')
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
   multi = tmp_path / 'two_processes'
-  procs = [subprocess.Popen(
-      helpers.main_command(multi, *args,
-                           f'--config.distributed.coordinator_address=127.0.0.1:{port}',
-                           '--config.distributed.num_processes=2',
-                           f'--config.distributed.process_id={i}'),
-      cwd=helpers.ROOT, env=helpers.env(devices=2), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  helpers.run_distributed(multi, *args)
   single = tmp_path / 'one_process'
   result = helpers.run_main(single, *args, devices=4)
   assert result.returncode == 0, result.stderr[-3000:]
-  losses_multi, losses_single = _losses(multi), _losses(single)
+  losses_multi, losses_single = helpers.train_losses(multi), helpers.train_losses(single)
   assert len(losses_multi) == 6 and losses_multi[-1] < losses_multi[0]
   np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-5)
   _, params_multi = helpers.final_params(multi)

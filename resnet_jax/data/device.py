@@ -1,9 +1,10 @@
 """The device data path: a train split small enough to live on the devices, augmented there.
 
 CIFAR-10/100 (150 MB as uint8) and the digits fit in device memory many times over, so instead
-of decoding, augmenting and copying a float32 batch on the host every step (the grain path,
+of decoding, augmenting and copying a batch on the host every step (the grain path,
 pipeline.py), the split is decoded once into a uint8 array that every device holds, and each
-step gathers its batch by index and pads, crops, flips and normalises it inside the jitted step.
+step gathers its batch by index and pads, crops and flips it inside the jitted step (which then
+normalises it, as it does the grain path's uint8 batches).
 Per step only the batch's record indices and stream positions cross to the devices.
 
 What a step reads is a pure function of (seed, step), so a resumed run needs no iterator state:
@@ -117,9 +118,9 @@ def crop_and_flip(image: jax.Array, top, left, flip, pad: int) -> jax.Array:
   return jnp.where(flip, out[:, ::-1], out)
 
 
-def augment(images: jax.Array, positions: jax.Array, *, key: jax.Array, mode: str, pad: int,
-            mean, std) -> jax.Array:
-  """uint8 [B, H, W, C] -> the normalised float32 views that `mode` draws for these positions."""
+def augment(images: jax.Array, positions: jax.Array, *, key: jax.Array, mode: str,
+            pad: int) -> jax.Array:
+  """uint8 [B, H, W, C] -> the uint8 views that `mode` draws for these positions."""
   if mode in ('cifar', 'shift'):
     top, left, flip = draw(key, positions, pad)
     if mode == 'shift':  # Pad and crop without the flip (a mirrored digit is another glyph).
@@ -127,20 +128,18 @@ def augment(images: jax.Array, positions: jax.Array, *, key: jax.Array, mode: st
     images = jax.vmap(crop_and_flip, in_axes=(0, 0, 0, 0, None))(images, top, left, flip, pad)
   elif mode != 'none':
     raise ValueError(f'the device data path does not implement augment={mode!r}')
-  # augment.Normalize, in float32 as the grain path computes it.
-  return ((images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32))
-          / jnp.asarray(std, jnp.float32))
+  return images
 
 
 def gathered(step_fn: Callable, config, seed: int) -> Callable:
   """`step_fn(state, batch)` as `fn(state, indices, dataset)`, for the device path.
 
   `indices` is a `Stream` item (this device's part), `dataset` the split from `load_split` on
-  the devices; the batch that `step_fn` sees is the grain path's {'image': float32, 'label'}.
+  the devices; the batch that `step_fn` sees is the grain path's {'image': uint8, 'label'}, and
+  `step_fn` normalises it (resnet_jax.train.step.configured_train_step).
   """
   key_data = _augment_key_data(seed)
-  options = dict(mode=config.augment, pad=config.pad, mean=tuple(config.mean),
-                 std=tuple(config.std))
+  options = dict(mode=config.augment, pad=config.pad)
 
   def fn(state, indices, dataset):
     key = jax.random.wrap_key_data(key_data)

@@ -249,16 +249,13 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
   ckpt.best.best_step, best_accuracy = _best_eval_step(
       [r for r in read_metrics(workdir) if r['step'] <= start_step], set(ckpt.all_steps()))
 
-  train_step = functools.partial(
-      step_lib.train_step, label_smoothing=config.label_smoothing,
-      sync_batch_stats=config.parallel.sync_batch_stats,
-      skip_nonfinite=config.skip_nonfinite_updates)
+  train_step = step_lib.configured_train_step(config)
   if train_iterator is None:
     p_train_step, items = _device_data(config, par, train_step, start_step)
   else:
     p_train_step = par.map(train_step, donate_state=True)
     items = train_iterator.pull()
-  p_eval_step = par.map(step_lib.eval_step)
+  p_eval_step = par.map(step_lib.configured_eval_step(config))
 
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step)
