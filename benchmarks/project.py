@@ -16,6 +16,7 @@ import logging
 import re
 import tempfile
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,11 +37,15 @@ class StepResult:
   step_mem_bytes: int | None  # XLA's memory analysis of the compiled step, per device.
 
 
-def synthetic_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0) -> dict:
-  """Normalised-looking float32 images and random labels, as the input pipeline yields them."""
+def synthetic_batch(batch_size: int, image_shape, num_classes: int, seed: int = 0, *,
+                    pixels: bool = True) -> dict:
+  """Random labels and images: uint8 pixels, as the project's input pipelines yield them (the
+  step normalises them on the device), or with pixels=False normalised-looking float32, as the
+  Flax ImageNet example's host pipeline yields them (the minimal Flax peer)."""
   rng = np.random.default_rng(seed)
-  return {'image': rng.standard_normal((batch_size, *image_shape), np.float32),
-          'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
+  images = (rng.integers(0, 256, (batch_size, *image_shape), np.uint8) if pixels
+            else rng.standard_normal((batch_size, *image_shape), np.float32))
+  return {'image': images, 'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
 def compiled_stats(compiled, num_devices: int = 1) -> tuple[float | None, int | None]:
@@ -67,9 +72,24 @@ def compiled_stats(compiled, num_devices: int = 1) -> tuple[float | None, int | 
   return flops, memory
 
 
-def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
-                    steps: int) -> StepResult:
-  """Compiles and times the project's train step; `config` is finalised (resnet_jax.recipes)."""
+@dataclasses.dataclass
+class CompiledStep:
+  """The project's train step compiled ahead of time, with the state and batch it runs on."""
+  compiled: Any
+  state: Any
+  batch: Any
+  lower_s: float
+  compile_s: float
+
+  def __call__(self):
+    """One step; the donated state is replaced by the new one."""
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return self.state, metrics
+
+
+def compile_train_step(config, image_shape, num_train: int, devices) -> CompiledStep:
+  """The project's train step as the loop maps it (state donated), lowered and compiled ahead of
+  time on one synthetic batch that stays on the devices; `config` is finalised."""
   par = parallel.DataParallel(config.parallel.backend, devices)
   parallel.check_batch_size('batch_size', config.batch_size, par.num_devices)
   schedule = optim.create_learning_rate_schedule(config, optim.num_train_steps(config, num_train))
@@ -78,26 +98,24 @@ def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int
   state = par.init_replicated(
       functools.partial(create_train_state, model=model, tx=tx, image_shape=image_shape),
       jax.random.key_data(jax.random.key(config.seed)))
-  p_train_step = par.map(functools.partial(
-      step_lib.train_step, label_smoothing=config.label_smoothing,
-      sync_batch_stats=config.parallel.sync_batch_stats,
-      skip_nonfinite=config.skip_nonfinite_updates), donate_state=True)
+  p_train_step = par.map(step_lib.configured_train_step(config), donate_state=True)
   batch = par.put_batch(synthetic_batch(config.batch_size, image_shape,
                                         config.model.num_classes, config.seed))
   start = time.perf_counter()
   lowered = p_train_step.lower(state, batch)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  compile_s = time.perf_counter() - lowered_at
-  flops, memory = compiled_stats(compiled, par.num_devices)
+  return CompiledStep(compiled, state, batch, lowered_at - start,
+                      time.perf_counter() - lowered_at)
 
-  def step():
-    nonlocal state
-    state, metrics = compiled(state, batch)
-    return state, metrics
 
+def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
+                    steps: int) -> StepResult:
+  """Compiles and times the project's train step; `config` is finalised (resnet_jax.recipes)."""
+  step = compile_train_step(config, image_shape, num_train, devices)
+  flops, memory = compiled_stats(step.compiled, len(devices))
   times = timing.time_steps(step, jax.block_until_ready, warmup=warmup, steps=steps)
-  return StepResult(times, lowered_at - start, compile_s, flops, memory)
+  return StepResult(times, step.lower_s, step.compile_s, flops, memory)
 
 
 class _ProgressTimes(logging.Handler):

@@ -149,7 +149,7 @@ def _config_overrides() -> str:
   return ' '.join(a for a in sys.argv[1:] if a.startswith(('--config.', '-config.')))
 
 
-def _workload(name, config_file, overrides, config) -> Workload:
+def make_workload(name, config_file, overrides, config) -> Workload:
   from resnet_jax import data
   from resnet_jax.train import loop
   config = recipes.finalize(config)
@@ -174,7 +174,7 @@ def workloads_from_flags() -> list[Workload]:
                     'all), not both or neither.')
   if FLAGS.config is not None:
     spec = FLAGS['config'].config_filename  # FILE or FILE:ARG, as given.
-    return [_workload(pathlib.Path(spec.partition(':')[0]).stem, spec, _config_overrides(),
+    return [make_workload(pathlib.Path(spec.partition(':')[0]).stem, spec, _config_overrides(),
                       FLAGS.config.copy_and_resolve_references())]
   names = list(WORKLOADS) if FLAGS.workloads == ['all'] else FLAGS.workloads
   unknown = [n for n in names if n not in WORKLOADS]
@@ -183,18 +183,20 @@ def workloads_from_flags() -> list[Workload]:
     raise UserError(f'--workloads: no preset {unknown[0]!r}'
                     f'{f"; did you mean {close[0]}?" if close else "."} Presets: '
                     f'{", ".join(WORKLOADS)}, all.')
-  result = []
-  for name in names:
-    config_file, overrides = WORKLOADS[name]
-    config = cli.load_config(str(ROOT / config_file))
-    for key, value in overrides.items():
-      if key == 'batch_size' and value == 'auto':
-        value = 32 if jax.default_backend() == 'cpu' else 256
-      _set(config, key, value)
-    result.append(_workload(name, config_file, ' '.join(
-        f'--config.{k}={config.batch_size if v == "auto" else v}' for k, v in overrides.items()),
-                            config))
-  return result
+  return [preset(name) for name in names]
+
+
+def preset(name: str) -> Workload:
+  """The workload of preset `name` of WORKLOADS ('auto' batch: 32 on CPU, 256 elsewhere)."""
+  config_file, overrides = WORKLOADS[name]
+  config = cli.load_config(str(ROOT / config_file))
+  for key, value in overrides.items():
+    if key == 'batch_size' and value == 'auto':
+      value = 32 if jax.default_backend() == 'cpu' else 256
+    _set(config, key, value)
+  return make_workload(name, config_file, ' '.join(
+      f'--config.{k}={config.batch_size if v == "auto" else v}' for k, v in overrides.items()),
+                   config)
 
 
 def check_flags() -> None:
@@ -299,7 +301,8 @@ def measure(workload: Workload, devices, machine: dict) -> tuple[list[dict], lis
     try:
       model_name = _flax_model_name(workload)
       batch = jax.device_put(project.synthetic_batch(workload.batch_size, workload.image_shape,
-                                                     workload.num_classes, config.seed))
+                                                     workload.num_classes, config.seed,
+                                                     pixels=False))
       compiled, state, lower_s, compile_s = flax_minimal.compile_train_step(workload, batch)
     except ValueError as e:
       notes.append(f'{workload.name}: flax peer skipped: {e}')
