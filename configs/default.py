@@ -28,9 +28,13 @@ def get_config():
   config.model.width = 1.0
   config.model.dtype = 'float32'
   config.model.param_dtype = 'float32'
-  # None picks per backend: on CPU only the 1001- and 1202-layer nets scan (a scanned unit runs
-  # ~20x slower there), on accelerators every stage of 9+ units (resnet_jax.models.factory).
+  # None picks per backend (resnet_jax.models.factory.scan_by_default): on CPU the nets whose
+  # stages repeat a unit 6+ times (a scanned stage is faster there), on accelerators 9+ times.
   config.model.scan = ml_collections.config_dict.placeholder(bool)
+  config.model.scan_unroll = 1  # Units per iteration of a scanned stage's loop (nn.scan unroll).
+  # None: on CPU only. The gradient convs of scanned units in the layout XLA:CPU's fast path
+  # takes inside a loop (resnet_jax.models.layers.canonical_grad_conv); same function.
+  config.model.canonical_conv_grads = ml_collections.config_dict.placeholder(bool)
   config.model.remat = False
   config.model.zero_init_last = False
   config.model.stochastic_depth = 0.0

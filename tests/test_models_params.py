@@ -128,6 +128,7 @@ def test_stride_placement_v1_and_v1_5():
     (dict(width=0.01), 'width=0.01 leaves a layer with no channels'),
     (dict(scan='yes'), "scan='yes' must be True or False or None"),
     (dict(remat=1), 'remat=1 must be True or False'),
+    (dict(scan_unroll=0), 'scan_unroll=0 must be a positive integer'),
     (dict(resnet_d=True), "resnet_d=True is for family='imagenet' only"),
     (dict(shortcut='none', zero_init_last=True), "zero_init_last=True with shortcut='none'"),
     (dict(bn_momentum=1.5), 'bn_momentum=1.5 must be in [0, 1)'),

@@ -1,5 +1,7 @@
 """nn.scan and nn.remat change how a net compiles, never what it computes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 from resnet_jax import models
+from resnet_jax.models import layers
 from resnet_jax.summary import abstract_variables
 from tests.test_models_util import random_variables
 
@@ -65,8 +68,11 @@ def test_scan_and_remat_give_the_same_gradients():
   variables = random_variables(reference, shape)
   images, labels = _images(shape), jnp.array([0, 1, 2, 3])
   loss, grads = _grads(reference, variables, images, labels)
-  for scan, remat in ((True, True), (False, True)):
-    model = reference.clone(scan=scan, remat=remat)
+  # ResNet-20 scans units 2-3 of each stage: scan_unroll 2 runs both in one loop iteration, 5 is
+  # more than the stage has (capped to 2).
+  for scan, remat, unroll in ((True, True, 1), (False, True, 1), (True, False, 2),
+                              (True, True, 5)):
+    model = reference.clone(scan=scan, remat=remat, scan_unroll=unroll)
     v = models.unrolled_to_scan(variables, model) if scan else variables
     loss_m, grads_m = _grads(model, v, images, labels)
     np.testing.assert_allclose(loss, loss_m, rtol=1e-6)
@@ -110,15 +116,16 @@ def _auto_scanned(backend, monkeypatch):
           if models.create_model(f, d).scan]
 
 
-def test_on_cpu_scan_turns_on_only_where_unrolling_would_not_compile_in_seconds(monkeypatch):
-  # XLA:CPU runs scanned units ~20x slower, and ResNet-110 compiles unrolled in ~7 s: only the
-  # nets of CPU_SCAN_AUTO_MIN_UNITS units or more scan (CIFAR 1001: 333 units, 1202: 600).
+def test_on_cpu_scan_turns_on_where_a_scanned_stage_is_faster(monkeypatch):
+  # A stage that repeats a unit 6+ times (CPU_SCAN_AUTO_MIN_REPEATS) runs faster scanned on
+  # XLA:CPU (models.factory); shallower nets run about as fast either way and stay unrolled.
   assert jax.default_backend() == 'cpu'  # The tests run on CPU: the real backend decides here.
-  assert not models.create_model('cifar', 110).scan
-  assert not models.create_model('cifar', 164).scan
-  assert models.create_model('cifar', 1001).scan
-  assert models.create_model('cifar', 1202).scan
-  assert _auto_scanned('cpu', monkeypatch) == [('cifar', 1202), ('cifar', 1001)]
+  assert not models.create_model('cifar', 32).scan
+  assert models.create_model('cifar', 44).scan
+  scanned = _auto_scanned('cpu', monkeypatch)
+  every = [(f, d) for f, family in models.FAMILIES.items() for d in family.depths]
+  assert sorted(set(every) - set(scanned)) == [
+      ('cifar', 20), ('cifar', 32), ('imagenet', 18), ('imagenet', 34), ('imagenet', 50)]
 
 
 def test_on_accelerators_scan_turns_on_for_deep_nets(monkeypatch):
@@ -135,3 +142,51 @@ def test_explicit_scan_always_wins(backend, monkeypatch):
   for depth in (20, 110, 1001, 1202):
     assert models.create_model('cifar', depth, scan=True).scan
     assert not models.create_model('cifar', depth, scan=False).scan
+
+
+@pytest.mark.parametrize('kernel,padding,dtype', [
+    (3, ((1, 1), (1, 1)), jnp.float32), (1, ((0, 0), (0, 0)), jnp.float32),
+    (3, ((0, 2), (2, 0)), jnp.float32), (3, ((1, 1), (1, 1)), jnp.bfloat16)])
+def test_canonical_grad_conv_has_lax_convs_value_and_gradients(kernel, padding, dtype):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 6, 5, 3)), dtype)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 2)), dtype)
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def loss(conv):
+    def f(x, w):
+      y = conv(x, w, (1, 1), padding, dimension_numbers=numbers)
+      return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w)
+
+  (value, grads), (expected, expected_grads) = (loss(layers.canonical_grad_conv),
+                                                loss(jax.lax.conv_general_dilated))
+  rtol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+  np.testing.assert_allclose(value, expected, rtol=rtol)
+  for g, e in zip(grads, expected_grads):
+    assert g.dtype == e.dtype == dtype
+    _assert_trees_close(g.astype(jnp.float32), e.astype(jnp.float32), rtol=rtol)
+
+
+def test_canonical_grad_conv_leaves_strided_convs_to_lax():
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+  jaxpr = jax.make_jaxpr(lambda x, w: layers.canonical_grad_conv(
+      x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=numbers))(x, w)
+  assert 'custom_vjp' not in str(jaxpr)
+
+
+def test_a_scanned_stage_keeps_the_fast_conv_path_on_cpu():
+  # XLA:CPU leaves JAX's gradient convs in a loop body in layouts its fast path does not take;
+  # the scanned units' convs write theirs in the one it does (models.layers).
+  model = models.create_model('cifar', 20, scan=True)
+  assert model.canonical_conv_grads == (jax.default_backend() == 'cpu')
+  shape = (2, 32, 32, 3)  # Stage 3 at 8x8: XLA rewrites a 3x3 conv of a 2x2 input otherwise.
+  variables = models.unrolled_to_scan(random_variables(model.clone(scan=False), shape), model)
+  labels = jnp.array([0, 1])
+  hlo = jax.jit(jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({'params': p, 'batch_stats': variables['batch_stats']}, _images(shape),
+                  train=True, mutable=['batch_stats'])[0], labels).mean())).lower(
+                      variables['params']).compile().as_text()
+  labels_seen = set(re.findall(r'convolution\(.*dim_labels=([\w>-]+)', hlo))
+  assert labels_seen == {'b01f_01io->b01f'}, labels_seen

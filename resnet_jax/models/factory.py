@@ -13,14 +13,18 @@ from resnet_jax.models.units import PLACEMENTS
 #   identical units (units 2..n). Compile time of an unrolled net grows with its unit count while
 #   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
-# - XLA:CPU runs a scanned unit about 20x slower per step than an unrolled one (ResNet-110, batch
-#   32: 21 s vs 0.78 s a step), because the loop body is not fused or parallelised as well, while
-#   the unrolled ResNet-110 compiles in about 7 s (about 0.13 s a unit). So the CPU unrolls every
-#   net below CPU_SCAN_AUTO_MIN_UNITS units (unrolled compile well under 30 s) and scans only the
-#   nets that would otherwise take minutes to compile: CIFAR 1001 (333 units) and 1202 (600).
-# An explicit scan=True/False always wins. Measured figures: benchmarks/compile_time.py.
+# - On CPU a scanned CIFAR stage is faster than the unrolled one, and more so the deeper the net
+#   (batch 128, 2 cores, steps/s scanned over unrolled: ResNet-20 1.0, 32 1.15, 56 1.6, 110 3.2;
+#   ImageNet ResNet-50 at batch 32 in bf16: 0.93): unrolled, XLA:CPU fuses the recomputation of a
+#   stage's whole chain of residual additions into the transposes that feed each filter-gradient
+#   convolution, so that work grows with the square of the units per stage, while the loop of a
+#   scanned stage stores each unit's output once (benchmarks/op_profile.py shows it). A scanned
+#   stage needs canonical_conv_grads there, which it gets by default (resnet_jax.models.layers).
+#   So the CPU scans where a stage repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or more: CIFAR
+#   44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by hand).
+# An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
-CPU_SCAN_AUTO_MIN_UNITS = 128
+CPU_SCAN_AUTO_MIN_REPEATS = 6
 
 
 def scan_by_default(stage_sizes, backend=None) -> bool:
@@ -30,9 +34,8 @@ def scan_by_default(stage_sizes, backend=None) -> bool:
   """
   if backend is None:
     backend = jax.default_backend()
-  if backend == 'cpu':
-    return sum(stage_sizes) >= CPU_SCAN_AUTO_MIN_UNITS
-  return max(stage_sizes) - 1 >= SCAN_AUTO_MIN_REPEATS
+  repeats = max(stage_sizes) - 1
+  return repeats >= (CPU_SCAN_AUTO_MIN_REPEATS if backend == 'cpu' else SCAN_AUTO_MIN_REPEATS)
 
 
 def _allowed_depths(family):
@@ -56,7 +59,7 @@ def _check_bool(argument, value, allow_none=False):
 
 
 def create_model(family, depth, *, placement='original', shortcut=None, num_classes=None,
-                 width=1.0, dtype='float32', param_dtype='float32', scan=None, remat=False,
+                 width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1, remat=False, canonical_conv_grads=None,
                  zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
                  axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5) -> ResNet:
   """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
@@ -77,12 +80,17 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       jnp types). BN statistics and the logits are float32 whatever they are.
     scan: run units 2..n of each stage under nn.scan. None decides by the backend that
       jax.default_backend() names when the model is created (`scan_by_default`): on CPU, scan
-      only nets of CPU_SCAN_AUTO_MIN_UNITS units or more (CIFAR 1001 and 1202), since XLA:CPU runs
-      scanned units ~20x slower and unrolled nets below that size compile in seconds; on
-      accelerators, scan every net with a stage of more than SCAN_AUTO_MIN_REPEATS - 1 identical
-      units (CIFAR 110 and deeper, ImageNet 101 and deeper). True/False always wins. Scanned and
+      every net with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 44 and deeper,
+      ImageNet 101 and deeper), where a scanned stage runs faster; on accelerators, every net with a stage of more than
+      SCAN_AUTO_MIN_REPEATS - 1 identical units (CIFAR 110 and deeper, ImageNet 101 and
+      deeper), where scanning cuts the compile time. True/False always wins. Scanned and
       unrolled nets compute the same function.
+    scan_unroll: units per iteration of a scanned stage's loop (nn.scan's unroll); ignored
+      without scan.
     remat: rematerialise each unit in the backward pass (nn.remat).
+    canonical_conv_grads: the scanned units' convs compute their gradients with convolutions
+      in the one layout XLA:CPU's fast path takes inside a loop (layers.canonical_grad_conv),
+      the same function; without it a scanned stage runs ~28x slower on CPU. None: on CPU only.
     zero_init_last: zero-initialise the last scale of each residual branch (see ResidualUnit).
     stochastic_depth: drop rate p_L of the last unit; unit l of L drops with l/L * p_L
       (Huang et al. 2016). Training then needs rngs={'dropout': key}; 0 needs no rng.
@@ -120,6 +128,10 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
                           ('resnet_d', resnet_d), ('stride_in_3x3', stride_in_3x3)):
     _check_bool(argument, value)
   _check_bool('scan', scan, allow_none=True)
+  if (isinstance(scan_unroll, bool) or not isinstance(scan_unroll, numbers.Integral)
+      or scan_unroll < 1):
+    raise ValueError(f'scan_unroll={scan_unroll!r} must be a positive integer (units of a scanned '
+                     'stage per loop iteration)')
   if (isinstance(stochastic_depth, bool) or not isinstance(stochastic_depth, numbers.Real)
       or not 0 <= stochastic_depth < 1):
     raise ValueError(f'stochastic_depth={stochastic_depth!r} must be in [0, 1)')
@@ -136,12 +148,16 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
   if scan is None:
     scan = scan_by_default(stage_sizes)
+  _check_bool('canonical_conv_grads', canonical_conv_grads, allow_none=True)
+  if canonical_conv_grads is None:
+    canonical_conv_grads = jax.default_backend() == 'cpu'
 
   return ResNet(
       stage_sizes=stage_sizes, widths=widths, strides=spec.strides,
       bottleneck=block == 'bottleneck', stem=spec.stem, stem_width=stem_width,
       num_classes=int(num_classes), placement=placement, shortcut=shortcut, dtype=dtype,
-      param_dtype=param_dtype, scan=scan, remat=remat, zero_init_last=zero_init_last,
-      stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
+      param_dtype=param_dtype, scan=scan, scan_unroll=scan_unroll, remat=remat,
+      canonical_conv_grads=canonical_conv_grads,
+      zero_init_last=zero_init_last, stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
       stride_in_3x3=stride_in_3x3 if family == 'imagenet' else False, axis_name=axis_name,
       bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon))

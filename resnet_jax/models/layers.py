@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 ModuleDef = Any
 
@@ -38,6 +39,68 @@ def conv(features, kernel, strides=1, **kwargs):
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), (strides, strides), padding=((pad, pad), (pad, pad)),
                  use_bias=False, **kwargs)
+
+
+# XLA:CPU runs a convolution on its fast library path (Eigen, or YNNPACK) only in the one layout
+# those take: NHWC input, HWIO kernel, NHWC output. Outside loops its ConvCanonicalization pass
+# transposes the operands of the gradient convolutions JAX emits (kernel 01oi for the input
+# gradient, f01b_i01o->01bf for the filter gradient) into that layout; in a while loop's body (a
+# scanned stage) it leaves them as they are, and they fall to the generic loop emitter, ~100x
+# slower (measured: benchmarks/op_profile.py; ResNet-20 with scan=True, 28x slower per step).
+# `canonical_grad_conv` is the same convolution with a custom VJP that writes both gradients in
+# that layout, with the transposes spelled out, so a scanned stage keeps the fast path.
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_nhwc(x, w, padding, precision):
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+def _conv_nhwc_fwd(x, w, padding, precision):
+  return _conv_nhwc(x, w, padding, precision), (x, w)
+
+
+def _conv_nhwc_bwd(padding, precision, residuals, dy):
+  x, w = residuals
+  kh, kw = w.shape[:2]
+  (top, bottom), (left, right) = padding
+  # Input gradient: dy convolved with the kernel flipped in space, in and out channels swapped.
+  flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+  dx = lax.conv_general_dilated(
+      dy, flipped, (1, 1), ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)),
+      dimension_numbers=_NHWC, precision=precision)
+  # Filter gradient: a convolution whose batch is the input channels, whose features are the
+  # examples, and whose kernel is dy: out [Cin, kh, kw, Cout].
+  dw = lax.conv_general_dilated(
+      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), (1, 1), padding,
+      dimension_numbers=_NHWC, precision=precision)
+  return dx.astype(x.dtype), jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def canonical_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` (Flax's `conv_general_dilated` hook), whose gradients XLA:CPU
+  runs on its fast path inside loops too; computes the same function and gradients.
+
+  Takes over the stride-1, undilated, ungrouped NHWC/HWIO convs with explicit padding (every
+  conv of a scanned stage); any other conv is lax.conv_general_dilated's.
+  """
+  simple = (
+      tuple(window_strides) == (1, 1) and feature_group_count == 1 and not kwargs
+      and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+      and not isinstance(padding, str) and lhs.ndim == 4
+      and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+  if not simple:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kwargs)
+  return _conv_nhwc(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding), precision)
 
 
 def layer_partials(*, train, dtype, param_dtype, axis_name, bn_momentum, bn_epsilon):

@@ -9,6 +9,7 @@ variables between the two layouts, and `unit_names` lists the units in order.
 """
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -75,7 +76,9 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scan: bool = False
+  scan_unroll: int = 1
   remat: bool = False
+  canonical_conv_grads: bool = False
   zero_init_last: bool = False
   stochastic_depth: float = 0.0
   resnet_d: bool = False
@@ -123,8 +126,12 @@ class ResNet(nn.Module):
           n = size - 1
           per_unit = (None if rates is None else jnp.asarray(rates[j:j + n], jnp.float32),
                       None if keeps is None else keeps[j:j + n])
+          if self.canonical_conv_grads:
+            kwargs['conv'] = functools.partial(
+                conv, conv_general_dilated=layers.canonical_grad_conv)
           stack = nn.scan(_scan_step, variable_axes={'params': 0, 'batch_stats': 0},
-                          split_rngs={'params': True, 'dropout': True}, length=n)
+                          split_rngs={'params': True, 'dropout': True}, length=n,
+                          unroll=min(self.scan_unroll, n))
           x, _ = stack(scanned_unit(**kwargs, name=f'stage{s}_scan'), x, per_unit)
           j += n
           break
