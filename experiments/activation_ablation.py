@@ -24,6 +24,7 @@ import sys
 import time
 
 from experiments import plots, sweep
+from resnet_jax import cli
 
 STUDY = 'activation_ablation'
 PLACEMENTS = ('original', 'bn_after_add', 'relu_before_add', 'relu_only_preact', 'full_preact')
@@ -109,6 +110,7 @@ def summarise(rows: list[dict], dataset: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   sweep.add_flags(parser)
   args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ import sys
 import time
 
 from experiments import plots, sweep
+from resnet_jax import cli
 
 STUDY = 'degradation'
 NETS = ('plain', 'residual')
@@ -133,6 +134,7 @@ def verdict(table: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   sweep.add_flags(parser)
   args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from experiments import plots, sweep
-from resnet_jax import data, models
+from resnet_jax import cli, data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import loop
 from resnet_jax.train import step as step_lib
@@ -278,6 +278,7 @@ def measure(model, variables, images, labels, fn, **meta):
 
 
 def main(argv=None):
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sweep.add_flags(parser)
   args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ import numpy as np
 
 from experiments import plots, sweep
 from experiments.gradient_flow import base_config, checkpoint_steps, checkpoint_variables
-from resnet_jax import data, models
+from resnet_jax import cli, data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import loop
 from resnet_jax.train import step as step_lib
@@ -311,6 +311,7 @@ NETS_KIND = {}  # net label -> 'residual' or 'plain', for the plot styles
 
 
 def main(argv=None):
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sweep.add_flags(parser)
   parser.add_argument('--from_workdir', action='append', default=[],

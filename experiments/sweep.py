@@ -28,7 +28,7 @@ import time
 
 import ml_collections
 
-from resnet_jax import host, recipes
+from resnet_jax import cli, host, recipes
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.train import workdir as workdir_lib
 
@@ -580,6 +580,7 @@ def plot_title(study: str, budget: str, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--run_spec', required=True,
                       help='a pickled run spec written by run_sweep (internal).')
