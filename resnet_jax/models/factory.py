@@ -3,6 +3,7 @@
 import numbers
 
 import jax
+import jax.numpy as jnp
 
 from resnet_jax.models import layers
 from resnet_jax.models.resnet import FAMILIES, SHORTCUTS, ResNet
@@ -20,20 +21,24 @@ from resnet_jax.models.units import PLACEMENTS
 #   convolution, so that work grows with the square of the units per stage, while the loop of a
 #   scanned stage stores each unit's output once (benchmarks/op_profile.py shows it). A scanned
 #   stage needs canonical_conv_grads there, which it gets by default (resnet_jax.models.layers).
-#   So the CPU scans where a stage repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or more: CIFAR
-#   44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by hand).
+#   So the CPU scans float32 nets where a stage repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or
+#   more: CIFAR 44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by
+#   hand). Not bfloat16 ones: unrolled, XLA:CPU runs ResNet-56 in bfloat16 1.8x faster than in
+#   float32, scanned not at all (980 against 1098 ms a step).
 # An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
 CPU_SCAN_AUTO_MIN_REPEATS = 6
 
 
-def scan_by_default(stage_sizes, backend=None) -> bool:
+def scan_by_default(stage_sizes, backend=None, dtype=jnp.float32) -> bool:
   """What scan=None resolves to for a net with these units per stage on `backend`.
 
-  backend: 'cpu', 'gpu', 'tpu', ...; None asks jax.default_backend().
+  backend: 'cpu', 'gpu', 'tpu', ...; None asks jax.default_backend(). dtype: the compute dtype.
   """
   if backend is None:
     backend = jax.default_backend()
+  if backend == 'cpu' and dtype != jnp.float32:
+    return False  # bfloat16 ResNet-56: 1098 ms a step scanned, 980 ms unrolled.
   repeats = max(stage_sizes) - 1
   return repeats >= (CPU_SCAN_AUTO_MIN_REPEATS if backend == 'cpu' else SCAN_AUTO_MIN_REPEATS)
 
@@ -147,7 +152,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
   if not bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
   if scan is None:
-    scan = scan_by_default(stage_sizes)
+    scan = scan_by_default(stage_sizes, dtype=dtype)
   _check_bool('canonical_conv_grads', canonical_conv_grads, allow_none=True)
   if canonical_conv_grads is None:
     canonical_conv_grads = jax.default_backend() == 'cpu'
