@@ -5,8 +5,9 @@
 
 Times, per scan setting: `init` = jax.jit(model.init) traced, compiled and run once on a batch of
 --init_batch images; `lower` = tracing the train step to StableHLO; `compile` = XLA compiling it;
-`step` (with --execute) = the median of --steps executed steps after one untimed step. The train step is jit(value_and_grad(cross-entropy)) + optax.sgd(momentum=0.9),
-with mutable batch_stats. The issue's target is init + lower + compile < 20 s with scan on.
+`step` (with --execute) = the median of --steps executed steps after one untimed step. The train
+step is jit(value_and_grad(cross-entropy)) + optax.sgd(momentum=0.9), with mutable batch_stats.
+The issue's target is init + lower + compile < 20 s with scan on.
 """
 
 import functools

@@ -15,16 +15,16 @@ from resnet_jax.models.units import PLACEMENTS
 #   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
 # - On CPU a scanned CIFAR stage is faster than the unrolled one, and more so the deeper the net
-#   (batch 128, 2 cores, steps/s scanned over unrolled: ResNet-20 1.0, 32 1.15, 56 1.6, 110 3.2;
-#   ImageNet ResNet-50 at batch 32 in bf16: 0.93): unrolled, XLA:CPU fuses the recomputation of a
-#   stage's whole chain of residual additions into the transposes that feed each filter-gradient
-#   convolution, so that work grows with the square of the units per stage, while the loop of a
-#   scanned stage stores each unit's output once (benchmarks/op_profile.py shows it). A scanned
-#   stage needs canonical_conv_grads there, which it gets by default (resnet_jax.models.layers).
-#   So the CPU scans float32 nets where a stage repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or
-#   more: CIFAR 44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by
-#   hand). Not bfloat16 ones: unrolled, XLA:CPU runs ResNet-56 in bfloat16 1.8x faster than in
-#   float32, scanned not at all (980 against 1098 ms a step).
+#   (2 cores, batch 128, float32, scanned over unrolled img/s: ResNet-20 1.07, 56 1.55, 110 3.0,
+#   docs/benchmarks.md; one-off timings of the same step: ResNet-32 1.15, ImageNet ResNet-50 at
+#   batch 32 in bf16 0.93). Unrolled, XLA:CPU fuses the recomputation of a stage's whole chain of
+#   residual additions into the transposes that feed each filter-gradient convolution, so that
+#   work grows with the square of the units per stage; the loop of a scanned stage stores each
+#   unit's output once (benchmarks/op_profile.py shows both). A scanned stage needs
+#   canonical_conv_grads there, which it gets by default (resnet_jax.models.layers). So the CPU
+#   scans float32 nets with a stage that repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or more:
+#   CIFAR 44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by hand).
+#   Not bfloat16 ones: ResNet-56 in bfloat16 took 1098 ms a step scanned, 969 ms unrolled.
 # An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
 CPU_SCAN_AUTO_MIN_REPEATS = 6
@@ -38,7 +38,7 @@ def scan_by_default(stage_sizes, backend=None, dtype=jnp.float32) -> bool:
   if backend is None:
     backend = jax.default_backend()
   if backend == 'cpu' and dtype != jnp.float32:
-    return False  # bfloat16 ResNet-56: 1098 ms a step scanned, 980 ms unrolled.
+    return False  # bfloat16 ResNet-56: 1098 ms a step scanned, 969 ms unrolled.
   repeats = max(stage_sizes) - 1
   return repeats >= (CPU_SCAN_AUTO_MIN_REPEATS if backend == 'cpu' else SCAN_AUTO_MIN_REPEATS)
 
@@ -64,7 +64,8 @@ def _check_bool(argument, value, allow_none=False):
 
 
 def create_model(family, depth, *, placement='original', shortcut=None, num_classes=None,
-                 width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1, remat=False, canonical_conv_grads=None,
+                 width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1,
+                 remat=False, canonical_conv_grads=None,
                  zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
                  axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5) -> ResNet:
   """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
@@ -85,11 +86,11 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       jnp types). BN statistics and the logits are float32 whatever they are.
     scan: run units 2..n of each stage under nn.scan. None decides by the backend that
       jax.default_backend() names when the model is created (`scan_by_default`): on CPU, scan
-      every net with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 44 and deeper,
-      ImageNet 101 and deeper), where a scanned stage runs faster; on accelerators, every net with a stage of more than
-      SCAN_AUTO_MIN_REPEATS - 1 identical units (CIFAR 110 and deeper, ImageNet 101 and
-      deeper), where scanning cuts the compile time. True/False always wins. Scanned and
-      unrolled nets compute the same function.
+      every float32 net with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 44
+      and deeper, ImageNet 101 and deeper), where a scanned stage runs faster; on accelerators,
+      every net with a stage of more than SCAN_AUTO_MIN_REPEATS - 1 identical units (CIFAR 110
+      and deeper, ImageNet 101 and deeper), where scanning cuts the compile time. True/False
+      always wins. Scanned and unrolled nets compute the same function.
     scan_unroll: units per iteration of a scanned stage's loop (nn.scan's unroll); ignored
       without scan.
     remat: rematerialise each unit in the backward pass (nn.remat).
