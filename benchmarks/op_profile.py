@@ -1,24 +1,25 @@
-"""Where one train step spends its time, by kind of op: the project's XLA step against PyTorch's.
+"""Where one train step spends its time, by kind of op: the project's step against its peers'.
 
   python -m benchmarks.op_profile --workload=cifar_r20_fp32          # any preset of throughput
   python -m benchmarks.op_profile --workload=cifar_r56_fp32 --steps=5 --top=15
   python -m benchmarks.op_profile --config=configs/cifar10_resnet20.py --config.model.scan=true
 
-The project's step (benchmarks/project.py: the loop's train step, compiled ahead of time) runs
---steps steps under `jax.profiler.trace`; every XLA op event of the trace is matched to its HLO
-instruction in the compiled module and put in a category:
+The project's step (benchmarks/project.py: the loop's train step, compiled ahead of time) and
+the minimal Flax step (benchmarks/peers/flax_minimal.py) each run --steps steps under
+`jax.profiler.trace`; every XLA op event of the trace is matched to its HLO instruction in the
+compiled module and put in a category:
 
-  conv forward / conv input-grad / conv filter-grad: `convolution` instructions (or oneDNN
-      custom calls), told apart by the autodiff path in their metadata and their output's layout
-      (a filter gradient's output has no batch dimension);
+  conv forward / conv input-grad / conv filter-grad: `convolution` instructions, alone or in a
+      library fusion (YNNPACK, XNNPACK, oneDNN), told apart by the autodiff path in their
+      metadata and their output (a filter gradient's has no batch dimension);
   fusion: XLA's fused elementwise and reduction kernels (BN, ReLU, the adds, the optimiser);
   copy/transpose: layout changes XLA inserted; other: everything else.
 
 PyTorch (in a subprocess, where torch is installed) runs the same net under `torch.profiler`;
 its ops' self times are put in the same categories (`convolution_backward` computes both
-gradients in one call, so its time is given as one 'conv backward' figure). Both columns are ms
-per step, summed over threads' busy time divided by the steps, so on a multi-core CPU they can
-exceed the wall time. One table, printed: where XLA:CPU loses its time against PyTorch.
+gradients in one call, so its time is given as one 'conv backward' figure). The columns are ms
+per step, the ops' busy time summed and divided by the steps, so on a multi-core CPU they can
+exceed the wall time. One table, printed: where the project's step spends what its peers do not.
 """
 
 import collections
@@ -43,6 +44,7 @@ flags.DEFINE_string('workload', None, 'A preset of benchmarks.throughput.WORKLOA
 flags.DEFINE_integer('warmup', 3, 'Untimed steps before the profile.')
 flags.DEFINE_integer('steps', 5, 'Profiled steps.')
 flags.DEFINE_integer('top', 10, 'Also list the N most expensive single ops of each side.')
+flags.DEFINE_bool('flax', True, 'Profile the minimal Flax step too (benchmarks/peers).')
 flags.DEFINE_bool('torch', True, 'Profile the PyTorch peer too (eager), where torch is installed.')
 
 CATEGORIES = ('conv forward', 'conv input-grad', 'conv filter-grad', 'conv backward (both)',
@@ -103,14 +105,13 @@ def hlo_categories(hlo_text: str, batch_size: int) -> dict[str, str]:
   return categories
 
 
-def profile_project(workload, warmup: int, steps: int) -> tuple[dict, list]:
-  """({category: ms per step}, [(ms per step, op, category)]) of the project's step."""
+def profile_xla(step, hlo_text: str, batch_size: int, warmup: int,
+                steps: int) -> tuple[dict, list]:
+  """({category: ms per step}, [(ms per step, op, category)]) of a compiled XLA step: `step()`
+  runs one step and returns its outputs; `hlo_text` is its compiled module."""
   import jax
-  from benchmarks import project
 
-  step = project.compile_train_step(workload.config, workload.image_shape, workload.num_train,
-                                    jax.local_devices()[:1])
-  categories = hlo_categories(step.compiled.as_text(), workload.batch_size)
+  categories = hlo_categories(hlo_text, batch_size)
   for _ in range(warmup):
     jax.block_until_ready(step())
   with tempfile.TemporaryDirectory() as log_dir:
@@ -135,6 +136,34 @@ def profile_project(workload, warmup: int, steps: int) -> tuple[dict, list]:
   ops = sorted(((ns / 1e6 / steps, name, categories[name]) for name, ns in per_op.items()),
                reverse=True)
   return dict(totals), ops
+
+
+def profile_project(workload, warmup: int, steps: int) -> tuple[dict, list]:
+  """The project's train step, as benchmarks.throughput times it."""
+  import jax
+  from benchmarks import project
+
+  step = project.compile_train_step(workload.config, workload.image_shape, workload.num_train,
+                                    jax.local_devices()[:1])
+  return profile_xla(step, step.compiled.as_text(), workload.batch_size, warmup, steps)
+
+
+def profile_flax(workload, warmup: int, steps: int) -> tuple[dict, list]:
+  """The minimal Flax step (benchmarks/peers/flax_minimal.py), as benchmarks.throughput times it."""
+  import jax
+  from benchmarks import project
+  from benchmarks.peers import flax_minimal
+
+  batch = jax.device_put(project.synthetic_batch(
+      workload.batch_size, workload.image_shape, workload.num_classes, workload.config.seed,
+      pixels=False))
+  compiled, state, _, _ = flax_minimal.compile_train_step(workload, batch)
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch)
+    return state, metrics
+  return profile_xla(step, compiled.as_text(), workload.batch_size, warmup, steps)
 
 
 _TORCH_CATEGORIES = (
@@ -216,17 +245,19 @@ def _torch_side(workload) -> dict | None:
   return json.loads(lines[-1][len('RESULT '):])
 
 
-def _table(jax_totals: dict, torch_totals: dict | None) -> str:
-  rows = ['| category | project (XLA) ms/step | PyTorch eager ms/step |', '|---|---|---|']
+def _table(columns: dict) -> str:
+  """One row per category, one column per profiled step ({name: {category: ms} or None})."""
+  columns = {name: totals for name, totals in columns.items() if totals is not None}
+  rows = ['| category | ' + ' | '.join(f'{name} ms/step' for name in columns) + ' |',
+          '|---|' + '---|' * len(columns)]
   for category in CATEGORIES:
-    a = jax_totals.get(category)
-    b = None if torch_totals is None else torch_totals.get(category)
-    if a is None and b is None:
+    cells = [totals.get(category) for totals in columns.values()]
+    if all(c is None for c in cells):
       continue
-    rows.append(f'| {category} | {"" if a is None else f"{a:.1f}"} | '
-                f'{"" if b is None else f"{b:.1f}"} |')
-  total_b = '' if torch_totals is None else f'{sum(torch_totals.values()):.1f}'
-  rows.append(f'| **total busy time** | {sum(jax_totals.values()):.1f} | {total_b} |')
+    rows.append(f'| {category} | ' + ' | '.join('' if c is None else f'{c:.1f}' for c in cells)
+                + ' |')
+  rows.append('| **total busy time** | ' + ' | '.join(
+      f'{sum(totals.values()):.1f}' for totals in columns.values()) + ' |')
   return '\n'.join(rows)
 
 
@@ -265,9 +296,16 @@ def main(argv):
   print(f'{workload.name}: batch {workload.batch_size}, {workload.dtype}; '
         f'{FLAGS.steps} profiled steps after {FLAGS.warmup}', flush=True)
   jax_totals, jax_ops = profile_project(workload, FLAGS.warmup, FLAGS.steps)
+  flax_totals = flax_ops = None
+  if FLAGS.flax:
+    try:
+      flax_totals, flax_ops = profile_flax(workload, FLAGS.warmup, FLAGS.steps)
+    except ValueError as e:  # No minimal Flax net for this model.
+      print(f'minimal Flax step skipped: {e}')
   torch_result = _torch_side(workload) if FLAGS.torch else None
-  print(_table(jax_totals, torch_result and torch_result['totals']))
-  for side, ops in (('project (XLA)', jax_ops),
+  print(_table({'project (XLA)': jax_totals, 'minimal Flax (XLA)': flax_totals,
+                'PyTorch eager': torch_result and torch_result['totals']}))
+  for side, ops in (('project (XLA)', jax_ops), ('minimal Flax (XLA)', flax_ops),
                     ('PyTorch eager', torch_result and torch_result['ops'])):
     if ops:
       print(f'\nTop {FLAGS.top} ops, {side} (ms/step):')
