@@ -89,6 +89,17 @@ def test_a_changed_model_does_not_fit_even_when_allowed(copy):
   assert snapshot(copy) == before
 
 
+def test_a_scanned_model_on_an_unrolled_checkpoint_names_the_scan_key(copy):
+  # scan=None resolves by backend and dtype, so a resume elsewhere may meet the other layout.
+  before = snapshot(copy)
+  result = run(copy, '--config.model.scan=true')
+  one_error_line(result, 2, 'does not fit this model', 'stages are unrolled',
+                 "this model's are scanned", '--config.model.scan=false')
+  assert snapshot(copy) == before
+  # The hint's own command resumes it.
+  assert run(copy, '--config.model.scan=false').returncode == 0
+
+
 def test_keys_that_do_not_change_the_result_may_change(copy):
   before = snapshot(copy)
   result = run(copy, '--config.log_every_steps=7', '--config.checkpoint_every_steps=30',

@@ -229,10 +229,19 @@ class Checkpointer:
                  for k in sorted(set(saved) & set(wanted))
                  if tuple(saved[k].shape) != tuple(wanted[k].shape)]
     if problems:
+      # Scanned stages are stacked as stage{s}_scan; scan=None resolves by backend and dtype, so
+      # the same config can scan on one machine and unroll on another.
+      saved_scans, wanted_scans = (any('_scan/' in k for k in names) for names in (saved, wanted))
+      hint = ('' if saved_scans == wanted_scans else
+              f' Its stages are {"scanned" if saved_scans else "unrolled"} and this model\'s '
+              f'are {"scanned" if wanted_scans else "unrolled"} (config.model.scan=None decides '
+              f'by backend and dtype): add --config.model.scan={str(saved_scans).lower()} '
+              'to resume it.')
       raise CheckpointMismatch(
           f'the checkpoint of step {step} in {self.directory} does not fit this model '
           f'({len(problems)} differences, e.g. {"; ".join(problems[:3])}); it was written by '
-          'another model config. Rerun with the config that wrote it, or choose another --workdir.')
+          'another model config. Rerun with the config that wrote it, or choose another '
+          f'--workdir.{hint}')
 
   def _check_config(self, step: int, allow_config_change: bool, config: dict) -> None:
     recorded = self.manager.restore(step, args=ocp.args.Composite(

@@ -32,14 +32,17 @@ LOCK_FILE = '.lock'
 # Keys that may differ between the runs that share a workdir: they decide when things are logged,
 # evaluated or saved, how data is loaded and where things run, never which numbers training
 # computes. (Exact eval counts every example once whatever eval_batch_size is; checkpoints hold
-# one layout that both parallel backends restore.)
+# one layout that both parallel backends restore. model.scan, scan_unroll and
+# canonical_conv_grads compile the same function another way; scan=None resolves by backend, so a
+# resume elsewhere may have to name the layout its checkpoints hold, and a checkpoint of the other
+# layout is refused by the restore, in one line that names the key.)
 RESULT_NEUTRAL_KEYS = frozenset({
     'log_every_steps', 'eval_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
     'keep_checkpoints',
     'keep_best_checkpoint', 'eval_batch_size', 'allow_config_change',
     'data.data_dir', 'data.worker_count', 'data.worker_buffer_size', 'data.read_threads',
     'data.read_buffer_size', 'data.prefetch_to_device',
-    'parallel.backend',
+    'parallel.backend', 'model.scan', 'model.scan_unroll', 'model.canonical_conv_grads',
     'distributed.initialize', 'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id',
 })
