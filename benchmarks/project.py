@@ -134,13 +134,22 @@ def unrolled_flops(config, image_shape, num_train: int, devices) -> float | None
   return float(cost['flops']) * par.num_devices if cost and cost.get('flops') else None
 
 
-def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
-                    steps: int) -> StepResult:
-  """Compiles and times the project's train step; `config` is finalised (resnet_jax.recipes)."""
-  step = compile_train_step(config, image_shape, num_train, devices)
+def step_stats(step: CompiledStep, config, image_shape, num_train: int,
+               devices) -> tuple[float | None, int | None]:
+  """(FLOPs of one step over all devices, bytes per device) of a compiled project step; a
+  scanned step's FLOPs are counted on its unrolled net (`unrolled_flops`)."""
   flops, memory = compiled_stats(step.compiled, len(devices))
   if loop.create_model(config, config.parallel.sync_batch_stats).scan:
     flops = unrolled_flops(config, image_shape, num_train, devices)
+  return flops, memory
+
+
+def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
+                    steps: int) -> StepResult:
+  """Compiles and times the project's train step alone; `config` is finalised
+  (resnet_jax.recipes). benchmarks/throughput.py times it in turns with the Flax peer instead."""
+  step = compile_train_step(config, image_shape, num_train, devices)
+  flops, memory = step_stats(step, config, image_shape, num_train, devices)
   times = timing.time_steps(step, jax.block_until_ready, warmup=warmup, steps=steps)
   return StepResult(times, step.lower_s, step.compile_s, flops, memory)
 

@@ -19,7 +19,9 @@ one process on one machine:
   installed; it is an optional extra, so without it one line says so and they are skipped.
 
 Every implementation is timed the same way (benchmarks/timing.py): --warmup untimed steps, then
-the median of --steps steps, each waited for. `project/impl` is the project's img/s per device
+the median of --steps steps, each waited for. The project and the Flax peer are timed in turns,
+a step of each (`timing.time_interleaved`), so that the machine's drift cancels out of their
+ratio; PyTorch runs in a subprocess after them. `project/impl` is the project's img/s per device
 over the peer's (peers run on one device); above 1 the project is faster. A table is printed and
 one row per implementation appended to --csv (columns: COLUMNS). docs/benchmarks.md describes
 the method and holds the measured tables.
@@ -256,22 +258,63 @@ def measure(workload: Workload, devices, machine: dict) -> tuple[list[dict], lis
             'peak_flops_per_device': peak or 'n/a', 'peak_flops_source': peak_source,
             'mfu': rate / (peak * num_devices) if peak else 'n/a'}
 
-  rows, project_img_s = [], None
+  # The JAX implementations are compiled first and then timed in turns, a step of each
+  # (benchmarks.timing.time_interleaved): a drift of the machine's speed during the run falls on
+  # both, and not into their ratio.
+  jax_steps, built = {}, {}
+  step = flax_step = flax_state = compiled = None
   if 'project' in FLAGS.peers:
-    print(f'[{workload.name}] project: compiling and timing the train step ...', flush=True)
-    step = project.time_train_step(config, workload.image_shape, workload.num_train, devices,
-                                   warmup=FLAGS.warmup, steps=FLAGS.steps)
-    peak_mem = hardware.peak_memory_bytes(devices[0])
-    step_img_s = step.times.images_per_s(workload.batch_size)
+    print(f'[{workload.name}] project: compiling the train step ...', flush=True)
+    step = project.compile_train_step(config, workload.image_shape, workload.num_train, devices)
+    flops, step_mem = project.step_stats(step, config, workload.image_shape, workload.num_train,
+                                         devices)
+    jax.block_until_ready(step())  # Alone, so that the device's peak memory is the project's.
+    built['project'] = dict(lower_s=step.lower_s, compile_s=step.compile_s, flops=flops,
+                            step_mem=step_mem, peak_mem=hardware.peak_memory_bytes(devices[0]))
+    jax_steps['project'] = step
+  if 'flax' in FLAGS.peers:
+    print(f'[{workload.name}] flax: compiling the minimal Flax step ...', flush=True)
+    try:
+      model_name = _flax_model_name(workload)
+      batch = jax.device_put(project.synthetic_batch(workload.batch_size, workload.image_shape,
+                                                     workload.num_classes, config.seed,
+                                                     pixels=False))
+      compiled, flax_state, lower_s, compile_s = flax_minimal.compile_train_step(workload, batch)
+    except ValueError as e:
+      notes.append(f'{workload.name}: flax peer skipped: {e}')
+    else:
+      flops, step_mem = project.compiled_stats(compiled)
+
+      def flax_step():
+        nonlocal flax_state
+        flax_state, metrics = compiled(flax_state, batch)
+        return flax_state, metrics
+
+      built['flax'] = dict(lower_s=lower_s, compile_s=compile_s, flops=flops, step_mem=step_mem,
+                           model=model_name)
+      jax_steps['flax'] = flax_step
+  times = {}
+  if jax_steps:
+    print(f'[{workload.name}] timing {" and ".join(jax_steps)} in turns ({FLAGS.warmup} warm-up'
+          f' and {FLAGS.steps} timed steps each) ...', flush=True)
+    times = timing.time_interleaved(jax_steps, jax.block_until_ready, warmup=FLAGS.warmup,
+                                    steps=FLAGS.steps)
+    # Free their states and executables: the loop below builds its own.
+    jax_steps = step = flax_step = flax_state = compiled = None
+
+  rows, project_img_s = [], None
+  if 'project' in times:
+    step_times, info = times['project'], built['project']
+    step_img_s = step_times.images_per_s(workload.batch_size)
     project_img_s = step_img_s / len(devices)  # Per device: each peer runs on one.
     row = {**base, 'impl': 'project',
            'model': (f'{config.model.family} ResNet-{config.model.depth} '
                      f'{config.model.placement} ({config.model.shortcut})'),
-           'step_ms': 1e3 * step.times.median_s, 'img_per_s': step_img_s, 'project_over_impl': 1.0,
-           'lower_s': step.lower_s, 'compile_s': step.compile_s,
-           **flops_columns(step.flops, step.times.median_s, len(devices)),
-           'peak_mem_bytes': 'n/a' if peak_mem is None else peak_mem,
-           'step_mem_bytes': step.step_mem_bytes or 'n/a',
+           'step_ms': 1e3 * step_times.median_s, 'img_per_s': step_img_s,
+           'project_over_impl': 1.0, 'lower_s': info['lower_s'], 'compile_s': info['compile_s'],
+           **flops_columns(info['flops'], step_times.median_s, len(devices)),
+           'peak_mem_bytes': 'n/a' if info['peak_mem'] is None else info['peak_mem'],
+           'step_mem_bytes': info['step_mem'] or 'n/a',
            'data_pipeline': workload.data_pipeline, 'worker_count': config.data.worker_count}
     if workload.data_problem and (FLAGS.loop_steps or FLAGS.input_batches):
       notes.append(f'{workload.name}: no real data, so no loop or input figures: '
@@ -296,33 +339,15 @@ def measure(workload: Workload, devices, machine: dict) -> tuple[list[dict], lis
   def ratio(img_s):
     return project_img_s / img_s if project_img_s else ''
 
-  if 'flax' in FLAGS.peers:
-    print(f'[{workload.name}] flax: compiling and timing the minimal Flax step ...', flush=True)
-    try:
-      model_name = _flax_model_name(workload)
-      batch = jax.device_put(project.synthetic_batch(workload.batch_size, workload.image_shape,
-                                                     workload.num_classes, config.seed,
-                                                     pixels=False))
-      compiled, state, lower_s, compile_s = flax_minimal.compile_train_step(workload, batch)
-    except ValueError as e:
-      notes.append(f'{workload.name}: flax peer skipped: {e}')
-    else:
-      flops, step_mem = project.compiled_stats(compiled)
-
-      def step():
-        nonlocal state
-        state, metrics = compiled(state, batch)
-        return state, metrics
-
-      times = timing.time_steps(step, jax.block_until_ready, warmup=FLAGS.warmup,
-                                steps=FLAGS.steps)
-      img_s = times.images_per_s(workload.batch_size)
-      rows.append({**base, 'impl': 'flax_minimal', 'model': model_name,
-                   'step_ms': 1e3 * times.median_s, 'img_per_s': img_s,
-                   'project_over_impl': ratio(img_s), 'lower_s': lower_s,
-                   'compile_s': compile_s, **flops_columns(flops, times.median_s, 1),
-                   'step_mem_bytes': step_mem or 'n/a'})
-      del state, compiled
+  if 'flax' in times:
+    step_times, info = times['flax'], built['flax']
+    img_s = step_times.images_per_s(workload.batch_size)
+    rows.append({**base, 'impl': 'flax_minimal', 'model': info['model'],
+                 'step_ms': 1e3 * step_times.median_s, 'img_per_s': img_s,
+                 'project_over_impl': ratio(img_s), 'lower_s': info['lower_s'],
+                 'compile_s': info['compile_s'],
+                 **flops_columns(info['flops'], step_times.median_s, 1),
+                 'step_mem_bytes': info['step_mem'] or 'n/a'})
 
   if 'torch' in FLAGS.peers:
     print(f'[{workload.name}] torch: timing the PyTorch peers ({", ".join(FLAGS.torch_variants)})'

@@ -128,6 +128,36 @@ def test_the_timing_method_is_the_median_of_the_timed_steps():
     timing.time_steps(lambda: None, lambda _: None, warmup=0, steps=5)
 
 
+def test_interleaved_timing_takes_turns_and_reverses_the_order():
+  order = []
+  steps = {name: (lambda name=name: order.append(name)) for name in ('a', 'b', 'c')}
+  times = timing.time_interleaved(steps, lambda _: None, warmup=2, steps=3)
+  # Warm-up of each on its own, then rounds of one step each, every other round reversed.
+  assert order == ['a', 'a', 'b', 'b', 'c', 'c'] + ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b', 'c']
+  assert set(times) == {'a', 'b', 'c'}
+  assert all(len(t.times_s) == 3 and t.median_s == sorted(t.times_s)[1] for t in times.values())
+  with pytest.raises(ValueError):
+    timing.time_interleaved(steps, lambda _: None, warmup=1, steps=0)
+
+
+def test_interleaved_timing_cancels_a_drift_that_sequential_timing_reports(monkeypatch):
+  # Two equally fast steps on a machine that slows down steadily (a simulated clock): timed one
+  # after the other the second looks 20% slower; timed in turns they come out alike.
+  clock = {}
+  monkeypatch.setattr(timing.time, 'perf_counter', lambda: clock['t'])
+
+  def work():
+    clock['t'] += clock['cost']
+    clock['cost'] *= 1.01
+
+  clock.update(t=0.0, cost=1.0)
+  first, second = [timing.time_steps(work, lambda _: None, warmup=1, steps=20) for _ in range(2)]
+  assert second.median_s / first.median_s > 1.2
+  clock.update(t=0.0, cost=1.0)
+  turns = timing.time_interleaved({'a': work, 'b': work}, lambda _: None, warmup=1, steps=20)
+  assert abs(turns['b'].median_s / turns['a'].median_s - 1) < 0.02
+
+
 @pytest.mark.parametrize('device_kind, dtype, expected', [
     ('NVIDIA H200', 'bfloat16', 989.4e12),
     ('NVIDIA H100 80GB HBM3', 'float32', 494.7e12),  # TF32, XLA's default for float32 convs.
