@@ -83,15 +83,18 @@ def describe(devices) -> dict:
   return {'platform': device.platform, 'device_kind': device.device_kind,
           'device_count': len(devices), 'cpu_model': host.cpu_model(),
           'cpu_count': host.cpu_count(),
-          'load_avg_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else ''}
+          'load_avg_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else '',
+          # What XLA compiled with: the project's commands add resnet_jax.cli.XLA_FLAG_DEFAULTS.
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 def summary_line(hardware: dict) -> str:
   cpu = f'{hardware["cpu_model"]}, {hardware["cpu_count"]} cores'
+  xla = f'; XLA_FLAGS={hardware["xla_flags"]}' if hardware.get('xla_flags') else ''
   if hardware['platform'] == 'cpu':
-    return f'cpu: {cpu} (1-minute load average {hardware["load_avg_1m"]} at the start)'
+    return f'cpu: {cpu} (1-minute load average {hardware["load_avg_1m"]} at the start){xla}'
   return (f'{hardware["platform"]}: {hardware["device_count"]} x {hardware["device_kind"]} '
-          f'(host: {cpu})')
+          f'(host: {cpu}){xla}')
 
 
 def peak_memory_bytes(device) -> int | None:

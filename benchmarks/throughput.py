@@ -74,8 +74,8 @@ COLUMNS = (
     'lower_s', 'compile_s', 'gflop_per_step', 'tflop_per_s', 'peak_flops_per_device', 'mfu',
     'peak_flops_source', 'peak_mem_bytes', 'step_mem_bytes', 'data_pipeline', 'worker_count',
     'loop_steps_timed', 'loop_img_per_s', 'input_img_per_s', 'input_over_step', 'platform',
-    'device_kind', 'device_count', 'cpu_model', 'cpu_count', 'load_avg_1m', 'jax', 'jaxlib',
-    'flax', 'optax', 'numpy', 'torch', 'torchvision', 'note')
+    'device_kind', 'device_count', 'cpu_model', 'cpu_count', 'load_avg_1m', 'xla_flags', 'jax',
+    'jaxlib', 'flax', 'optax', 'numpy', 'torch', 'torchvision', 'note')
 
 FLAGS = flags.FLAGS
 
