@@ -31,6 +31,17 @@ def test_label_smoothing_mixes_the_target_with_the_uniform_distribution():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize('bad', [jnp.nan, jnp.inf, -jnp.inf])
+def test_all_finite_finds_one_bad_element_in_any_leaf_of_any_tree(bad):
+  grads = {'a': jnp.ones((3, 3)), 'b': {'c': jnp.zeros(4, jnp.bfloat16)}}
+  stats = {'mean': jnp.ones(5), 'var': jnp.ones(5)}
+  assert bool(step_lib.all_finite(grads, stats))
+  assert not bool(step_lib.all_finite(grads, {**stats, 'var': stats['var'].at[3].set(bad)}))
+  bad_grads = {**grads, 'b': {'c': grads['b']['c'].at[0].set(bad)}}
+  assert not bool(jax.jit(step_lib.all_finite)(bad_grads, stats))
+  assert bool(step_lib.all_finite({}, {}))
+
+
 def test_top1_and_top5():
   logits = jnp.arange(10.0)[None].repeat(3, 0)  # Ranking 9, 8, 7, ... for every row.
   labels = jnp.array([9, 5, 4])

@@ -91,8 +91,17 @@ def correct_topk(logits, labels, k: int):
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def all_finite(*trees) -> jax.Array:
+  """Whether every element of every leaf of `trees` is finite, as one reduction.
+
+  A check per leaf compiled to a small reduction kernel per leaf (ResNet-20: about 250, a
+  quarter of the step's kernels). Concatenated, it is one copy of the leaves and one reduction:
+  the copy (float32, 2 MB for ResNet-20, 200 MB for ResNet-50) costs less than the kernels did,
+  the peak memory XLA plans for the step stays the same (the copy reuses freed activations), and
+  the step compiles faster (ResNet-50 5.0 s against 7.5 s; docs/benchmarks.md).
+  """
+  leaves = [x.ravel().astype(jnp.float32) for tree in trees for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.array(True)
 
 
 def model_input(images, mean=None, std=None):
@@ -150,8 +159,8 @@ def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: 
   # The loss, the gradients and what the update made of the weights and BN statistics (an lr
   # too large overflows them even from finite gradients). After the pmean all of these, and so
   # the flag, are the same on every device.
-  finite = (jnp.isfinite(lax.pmean(loss.mean(), AXIS)) & _all_finite(grads)
-            & _all_finite(new_state.params) & _all_finite(new_state.batch_stats))
+  finite = (jnp.isfinite(lax.pmean(loss.mean(), AXIS))
+            & all_finite(grads, new_state.params, new_state.batch_stats))
   if skip_nonfinite:
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     # The step still counts, so the schedule, the data and the RNG stay on the run's timeline.
