@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import cli
 from resnet_jax.models import create_model
 
 _FAMILY = flags.DEFINE_string('family', 'cifar', 'Model family.')
@@ -76,7 +75,6 @@ def measure(scan):
 
 def main(argv):
   del argv
-  cli.prepare_jax()  # The XLA flag defaults every command of the project runs with.
   print(f'{_FAMILY.value} ResNet-{_DEPTH.value} {_PLACEMENT.value}, batch '
         f'{_BATCH.value}x{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}x3, jax {jax.__version__} on '
         f'{jax.devices()[0].device_kind} ({jax.local_device_count()} device)', flush=True)

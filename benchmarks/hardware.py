@@ -84,8 +84,7 @@ def describe(devices) -> dict:
           'device_count': len(devices), 'cpu_model': host.cpu_model(),
           'cpu_count': host.cpu_count(),
           'load_avg_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else '',
-          # What XLA compiled with: the project's commands add resnet_jax.cli.XLA_FLAG_DEFAULTS.
-          'xla_flags': os.environ.get('XLA_FLAGS', '')}
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}  # XLA switches change the figures.
 
 
 def summary_line(hardware: dict) -> str:

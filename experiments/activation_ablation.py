@@ -110,7 +110,7 @@ def summarise(rows: list[dict], dataset: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  cli.prepare_jax()  # Before JAX starts its backends (the XLA flag defaults).
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   sweep.add_flags(parser)
   args = parser.parse_args(argv)

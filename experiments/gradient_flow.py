@@ -278,7 +278,7 @@ def measure(model, variables, images, labels, fn, **meta):
 
 
 def main(argv=None):
-  cli.prepare_jax()  # Before JAX starts its backends (the XLA flag defaults).
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sweep.add_flags(parser)
   args = parser.parse_args(argv)

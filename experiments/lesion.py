@@ -311,7 +311,7 @@ NETS_KIND = {}  # net label -> 'residual' or 'plain', for the plot styles
 
 
 def main(argv=None):
-  cli.prepare_jax()  # Before JAX starts its backends (the XLA flag defaults).
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sweep.add_flags(parser)
   parser.add_argument('--from_workdir', action='append', default=[],

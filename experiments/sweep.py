@@ -584,7 +584,7 @@ def plot_title(study: str, budget: str, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  cli.prepare_jax()  # Before JAX starts its backends (the XLA flag defaults).
+  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--run_spec', required=True,
                       help='a pickled run spec written by run_sweep (internal).')

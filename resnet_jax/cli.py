@@ -163,41 +163,6 @@ def quiet_tpu_probe() -> None:
     logger.addFilter(_TpuProbeFilter())
 
 
-# XLA flags every command of the project sets for itself, unless XLA_FLAGS names them already
-# (yours win). Each was measured on the project's train step (docs/benchmarks.md) and none changes
-# a result. They reach XLA only through XLA_FLAGS, read once when JAX starts its backends:
-# jax.jit's compiler_options left the compiled step as it was.
-XLA_FLAG_DEFAULTS = (
-    # XLA:CPU's concurrency-optimised kernel scheduler (on by default) orders the project's step
-    # so that it ran 4-5% slower on 2 cores (bfloat16 ResNet-20 and ResNet-56, one executable
-    # timed in turns with the minimal Flax step, which ran alike either way).
-    '--xla_cpu_enable_concurrency_optimized_scheduler=false',
-)
-
-
-def set_xla_flag_defaults(environ=os.environ) -> list[str]:
-  """Appends to XLA_FLAGS each of XLA_FLAG_DEFAULTS whose flag it does not name; returns those."""
-  current = environ.get('XLA_FLAGS', '')
-  named = set(re.findall(r'--?([\w.]+)', current))
-  missing = [f for f in XLA_FLAG_DEFAULTS if f.lstrip('-').split('=')[0] not in named]
-  if missing:
-    environ['XLA_FLAGS'] = ' '.join([current, *missing]).strip()
-  return missing
-
-
-def prepare_jax() -> None:
-  """What every command does before JAX starts its backends: quiet the TPU probe, and set
-  XLA_FLAG_DEFAULTS (with a warning where a backend started already and they come too late)."""
-  quiet_tpu_probe()
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if xla_bridge.backends_are_initialized():
-    if set_xla_flag_defaults(dict(os.environ)):
-      logging.warning('JAX started its backends before the XLA flag defaults (%s) were set: '
-                      'they do not apply in this process.', ' '.join(XLA_FLAG_DEFAULTS))
-    return
-  set_xla_flag_defaults()
-
-
 def quiet_library_logs() -> None:
   """orbax and tfds log every file operation through absl's logger at INFO; keep a command's own
   output readable. --verbosity=1 brings them back."""
@@ -225,7 +190,7 @@ def parse_flags(argv: list[str], required: tuple[str, ...] = (),
   unless `positional` names what the arguments are (e.g. 'IMAGE'): then they are returned after
   the program name, for the command to check.
   """
-  prepare_jax()  # Every command line passes here before JAX starts its backends.
+  quiet_tpu_probe()  # Every command line passes here before JAX starts its backends.
   try:
     try:
       rest = flags.FLAGS(argv)

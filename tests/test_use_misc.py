@@ -40,31 +40,6 @@ def test_no_tpu_probe_line_in_a_cpu_runs_stderr(tmp_path_factory):
   assert not logger.filter(probe) and logger.filter(other)
 
 
-FLAG = 'xla_cpu_enable_concurrency_optimized_scheduler'
-
-
-def test_xla_flag_defaults_are_added_unless_the_user_named_the_flag():
-  env = {}
-  assert cli.set_xla_flag_defaults(env) == [f'--{FLAG}=false']
-  assert env['XLA_FLAGS'] == f'--{FLAG}=false'
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-  cli.set_xla_flag_defaults(env)
-  assert env['XLA_FLAGS'] == f'--xla_force_host_platform_device_count=8 --{FLAG}=false'
-  for mine in (f'--{FLAG}=true', f'--{FLAG}', f'--xla_dump_to=/tmp/x --{FLAG}=1'):
-    env = {'XLA_FLAGS': mine}
-    assert cli.set_xla_flag_defaults(env) == [] and env['XLA_FLAGS'] == mine  # Yours win.
-
-
-def test_xla_flag_defaults_too_late_say_so_and_change_nothing(monkeypatch, caplog):
-  from jax._src import xla_bridge
-  monkeypatch.setattr(xla_bridge, 'backends_are_initialized', lambda: True)
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  with caplog.at_level(logging.WARNING):
-    cli.prepare_jax()
-  assert 'do not apply in this process' in caplog.text
-  assert cli.os.environ['XLA_FLAGS'] == '--xla_force_host_platform_device_count=2'
-
-
 def test_license_and_extras():
   root = helpers.ROOT
   license_text = (root / 'LICENSE').read_text()
