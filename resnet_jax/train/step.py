@@ -95,10 +95,9 @@ def all_finite(*trees) -> jax.Array:
   """Whether every element of every leaf of `trees` is finite, as one reduction.
 
   A check per leaf compiled to a small reduction kernel per leaf (ResNet-20: about 250, a
-  quarter of the step's kernels). Concatenated, it is one copy of the leaves and one reduction:
-  the copy (float32, 2 MB for ResNet-20, 200 MB for ResNet-50) costs less than the kernels did,
-  the peak memory XLA plans for the step stays the same (the copy reuses freed activations), and
-  the step compiles faster (ResNet-50 5.0 s against 7.5 s; docs/benchmarks.md).
+  quarter of the step's kernels). Concatenated, it is one copy of the leaves (float32: 2 MB for
+  ResNet-20, 200 MB for ResNet-50) and one reduction: XLA plans the same memory for the step,
+  and the step compiles faster (ResNet-50 5.2 s against 6.7 s, docs/benchmarks.md).
   """
   leaves = [x.ravel().astype(jnp.float32) for tree in trees for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.isfinite(jnp.concatenate(leaves))) if leaves else jnp.array(True)
