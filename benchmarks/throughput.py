@@ -6,8 +6,9 @@
   python -m benchmarks.throughput --config=configs/quickstart.py --steps=3 --warmup=1 \
       --loop_steps=8 --loop_warmup=2 --input_batches=3    # a quick check, seconds
 
-For each workload (a config file with its overrides, or a preset of WORKLOADS) it measures, in
-one process on one machine:
+For each workload (a config file with its overrides, or a preset of WORKLOADS) it measures, on
+one machine, in one process per preset (each with the XLA_FLAGS its config.xla asks for,
+resnet_jax/xla_flags.py, as the trainer would run it):
 
 * project: the project's train step alone (benchmarks/project.py), on a synthetic batch that
   stays on the devices: lower + compile time (jax AOT), median step time and img/s, XLA's FLOPs
@@ -39,6 +40,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 # The PyTorch peers run in a subprocess while this process holds the accelerator: JAX takes
 # device memory as it needs it instead of 75% of it up front (set it to 'true' to override).
@@ -49,7 +51,7 @@ import jax
 from absl import app, flags
 
 from benchmarks import hardware, timing
-from resnet_jax import cli, config_check, recipes
+from resnet_jax import cli, config_check, recipes, xla_flags
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.train import optim
 # benchmarks.project and the peers are imported when the flags have been checked: a mistake on
@@ -99,6 +101,10 @@ def define_flags() -> None:
   flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s of one device, for MFU; default: the '
                      'table in benchmarks/hardware.py.')
   flags.DEFINE_string('csv', 'runs/benchmarks/throughput.csv', 'CSV to append the rows to.')
+  # Internal: a workload's own process (see measure_in_processes).
+  flags.DEFINE_string('run_id', None, 'Internal: the run id of the rows.')
+  flags.DEFINE_string('rows_to', None, 'Internal: write the rows as JSON here, print no table '
+                      'and append no CSV.')
 
 
 @dataclasses.dataclass
@@ -169,15 +175,14 @@ def make_workload(name, config_file, overrides, config) -> Workload:
                   None)
 
 
-def workloads_from_flags() -> list[Workload]:
+def preset_names() -> list[str] | None:
+  """The presets that --workloads names, checked; None for --config."""
   if (FLAGS.config is None) == (FLAGS.workloads is None):
     raise UserError('give either --config=FILE (one workload, with --config.KEY=VALUE '
                     f'overrides) or --workloads=NAME,... (presets: {", ".join(WORKLOADS)}, '
                     'all), not both or neither.')
   if FLAGS.config is not None:
-    spec = FLAGS['config'].config_filename  # FILE or FILE:ARG, as given.
-    return [make_workload(pathlib.Path(spec.partition(':')[0]).stem, spec, _config_overrides(),
-                      FLAGS.config.copy_and_resolve_references())]
+    return None
   names = list(WORKLOADS) if FLAGS.workloads == ['all'] else FLAGS.workloads
   unknown = [n for n in names if n not in WORKLOADS]
   if unknown:
@@ -185,17 +190,33 @@ def workloads_from_flags() -> list[Workload]:
     raise UserError(f'--workloads: no preset {unknown[0]!r}'
                     f'{f"; did you mean {close[0]}?" if close else "."} Presets: '
                     f'{", ".join(WORKLOADS)}, all.')
+  return names
+
+
+def workloads_from_flags() -> list[Workload]:
+  """The workloads of --config or --workloads, each with its config.xla applied first (so only
+  the first takes effect in one process: measure_in_processes runs one per process)."""
+  names = preset_names()
+  if names is None:
+    spec = FLAGS['config'].config_filename  # FILE or FILE:ARG, as given.
+    config = FLAGS.config.copy_and_resolve_references()
+    xla_flags.apply(config)  # Before make_workload starts JAX's backends, as the trainer does.
+    return [make_workload(pathlib.Path(spec.partition(':')[0]).stem, spec, _config_overrides(),
+                          config)]
   return [preset(name) for name in names]
 
 
 def preset(name: str) -> Workload:
-  """The workload of preset `name` of WORKLOADS ('auto' batch: 32 on CPU, 256 elsewhere)."""
+  """The workload of preset `name` of WORKLOADS ('auto' batch: 32 on CPU, 256 elsewhere),
+  with its config.xla applied before the 'auto' batch starts JAX's backends."""
   config_file, overrides = WORKLOADS[name]
   config = cli.load_config(str(ROOT / config_file))
   for key, value in overrides.items():
-    if key == 'batch_size' and value == 'auto':
-      value = 32 if jax.default_backend() == 'cpu' else 256
-    _set(config, key, value)
+    if value != 'auto':
+      _set(config, key, value)
+  xla_flags.apply(config)
+  if overrides.get('batch_size') == 'auto':
+    config.batch_size = 32 if jax.default_backend() == 'cpu' else 256
   return make_workload(name, config_file, ' '.join(
       f'--config.{k}={config.batch_size if v == "auto" else v}' for k, v in overrides.items()),
                    config)
@@ -372,17 +393,21 @@ def _flax_model_name(workload) -> str:
           else f'imagenet ResNet-{workload.depth}')
 
 
-def append_csv(path: pathlib.Path, rows: list[dict]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
+def check_csv(path: pathlib.Path) -> bool:
+  """True if `path` is to be started (with a header); UserError if it has other columns."""
   if path.exists() and path.stat().st_size:
     with open(path, newline='') as f:
       header = next(csv.reader(f), [])
     if tuple(header) != COLUMNS:
       raise UserError(f'--csv={path} has other columns than this benchmark writes (an older '
                       'version?); give another --csv.')
-    new = False
-  else:
-    new = True
+    return False
+  return True
+
+
+def append_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  new = check_csv(path)
   with open(path, 'a', newline='') as f:
     writer = csv.DictWriter(f, COLUMNS, restval='')
     if new:
@@ -422,29 +447,20 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv  # cli.parse_flags rejects arguments that are no flags.
-  # tfds and orbax log every file they open at INFO; --verbosity=1 brings them back.
-  if FLAGS.verbosity <= 0:
-    logging.getLogger('absl').setLevel(logging.WARNING)
-  try:
-    check_flags()
-    workloads = workloads_from_flags()
-    if FLAGS.num_devices > jax.device_count():
-      raise UserError(f'--num_devices={FLAGS.num_devices}, but there are {jax.device_count()} '
-                      'devices.')
-    devices = jax.devices()[:FLAGS.num_devices]
-    machine = hardware.describe(devices)
-    versions = hardware.versions()
-    run_id = datetime.datetime.now().strftime('%Y%m%dT%H%M%S') + f'-{os.getpid()}'
-    rows, notes = [], []
-    for workload in workloads:
-      workload_rows, workload_notes = measure(workload, devices, machine)
-      rows += workload_rows
-      notes += workload_notes
-  except (UserError, RunError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+def measure_here(run_id: str) -> tuple[list[dict], list[str], list[str]]:
+  """(rows, notes, hardware lines) of the workloads of the flags, measured in this process."""
+  workloads = workloads_from_flags()
+  if FLAGS.num_devices > jax.device_count():
+    raise UserError(f'--num_devices={FLAGS.num_devices}, but there are {jax.device_count()} '
+                    'devices.')
+  devices = jax.devices()[:FLAGS.num_devices]
+  machine = hardware.describe(devices)  # XLA_FLAGS included, as config.xla left them.
+  versions = hardware.versions()
+  rows, notes = [], []
+  for workload in workloads:
+    workload_rows, workload_notes = measure(workload, devices, machine)
+    rows += workload_rows
+    notes += workload_notes
   cache = jax.config.jax_compilation_cache_dir
   if cache:
     cached = (f'JAX\'s persistent compilation cache is on ({cache}): compile_s is a cache load '
@@ -455,11 +471,71 @@ def main(argv):
         row['note'] = cached
   now = datetime.datetime.now().isoformat(timespec='seconds')
   rows = [{'run_id': run_id, 'time': now, **row, **machine, **versions} for row in rows]
+  lines = [f'hardware: {hardware.summary_line(machine)}',
+           'versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items() if v)]
+  return rows, notes, lines
+
+
+def measure_in_processes(names: list[str], run_id: str) -> tuple[list[dict], list[str],
+                                                                  list[str]]:
+  """measure_here for each preset in a process of its own, with this command's flags.
+
+  XLA reads its flags once per process, and each workload's config.xla may ask for others (the
+  bfloat16 ones turn XLA:CPU's concurrency-optimised scheduler off): a workload in its own
+  process is timed as `python -m resnet_jax.main` would train it.
+  """
+  rows, notes, lines = [], [], []
+  with tempfile.TemporaryDirectory(prefix='resnet_jax_bench_') as tmp:
+    for name in names:
+      out = os.path.join(tmp, f'{name}.json')
+      # absl takes the last of a repeated flag: these override the command's own.
+      argv = [sys.executable, '-m', 'benchmarks.throughput', *sys.argv[1:],
+              f'--workloads={name}', f'--run_id={run_id}', f'--rows_to={out}']
+      print(f'[{name}] in a process of its own ...', flush=True)
+      code = subprocess.run(argv, cwd=os.getcwd(), check=False).returncode
+      if code or not os.path.exists(out):
+        notes.append(f'{name}: its process failed (exit {code}); its error is above')
+        continue
+      with open(out) as f:
+        result = json.load(f)
+      rows += result['rows']
+      notes += result['notes']
+      # The load average and XLA_FLAGS are each process's own.
+      lines += [l if l.startswith('versions') else f'[{name}] {l}' for l in result['lines']
+                if l not in lines]
+  if not rows:
+    raise RunError('no workload could be measured; the errors are above.')
+  return rows, notes, lines
+
+
+def main(argv):
+  del argv  # cli.parse_flags rejects arguments that are no flags.
+  # tfds and orbax log every file they open at INFO; --verbosity=1 brings them back.
+  if FLAGS.verbosity <= 0:
+    logging.getLogger('absl').setLevel(logging.WARNING)
+  try:
+    check_flags()
+    if not FLAGS.rows_to:
+      check_csv(pathlib.Path(FLAGS.csv))  # Now, not after minutes of timing.
+    names = preset_names()
+    run_id = FLAGS.run_id or (datetime.datetime.now().strftime('%Y%m%dT%H%M%S') +
+                              f'-{os.getpid()}')
+    if names is not None and len(names) > 1:
+      rows, notes, lines = measure_in_processes(names, run_id)
+    else:
+      rows, notes, lines = measure_here(run_id)
+  except (UserError, RunError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(e.exit_code)
+  if FLAGS.rows_to:  # A workload's own process: its parent reports.
+    with open(FLAGS.rows_to, 'w') as f:
+      json.dump({'rows': rows, 'notes': notes, 'lines': lines}, f)
+    return
   print()
   print(table(rows))
   print()
-  print(f'hardware: {hardware.summary_line(machine)}')
-  print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions.items() if v))
+  for line in lines:
+    print(line)
   peak_sources = sorted({r['peak_flops_source'] for r in rows if r.get('peak_flops_source')})
   for source in peak_sources:
     print(f'peak FLOP/s: {source}')

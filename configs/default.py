@@ -140,6 +140,15 @@ def get_config():
   # Sync BN batch statistics across devices (cross-replica BN); False keeps them per device.
   config.parallel.sync_batch_stats = True
 
+  # XLA switches that only XLA_FLAGS reaches, set by resnet_jax.xla_flags before JAX starts (in
+  # `python -m resnet_jax.main`, a sweep's run processes and benchmarks.throughput); XLA_FLAGS
+  # that you set win over a None. None of them changes a result.
+  config.xla = ml_collections.ConfigDict()
+  # XLA:CPU's concurrency-optimised kernel scheduler (XLA's default: on). None: off where the
+  # model computes in bfloat16 (3-5% faster on 2 cores), XLA's default otherwise (off made
+  # float32 6-13% slower); docs/benchmarks.md has the measurements. Ignored off the CPU.
+  config.xla.cpu_concurrency_optimized_scheduler = ml_collections.config_dict.placeholder(bool)
+
   # Multi-host. 'auto' initialises jax.distributed when the environment says so (TPU pods,
   # SLURM, or coordinator_address set); 'off' never does.
   config.distributed = ml_collections.ConfigDict()

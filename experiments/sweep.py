@@ -28,7 +28,7 @@ import time
 
 import ml_collections
 
-from resnet_jax import cli, host, recipes
+from resnet_jax import cli, host, recipes, xla_flags
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.train import workdir as workdir_lib
 
@@ -264,6 +264,11 @@ def run_sweep(runs: list[Run], results_dir: str, jobs: int = 1) -> list[dict]:
     else:
       todo.append(run)
   if jobs == 1:
+    # XLA reads config.xla once per process: the runs here get it where they all ask the same
+    # (a run process of --jobs > 1 sets its own).
+    asks = {tuple(xla_flags.wanted(run.config)) for run in todo}
+    if len(asks) == 1:
+      xla_flags.apply(todo[0].config)
     for run in todo:
       rows[run.name] = _run_in_process(run, results_dir, varying, progress)
   else:
@@ -375,6 +380,11 @@ def _child_main(spec_path: str) -> int:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   with open(spec_path, 'rb') as f:
     spec = pickle.load(f)
+  try:
+    xla_flags.apply(spec['config'])  # Before run_one starts JAX's backends.
+  except UserError as e:
+    _write_json(spec['result'], {'summary': None, 'status': f'failed: {e}', 'hardware': None})
+    return 0
   summary, status, hw = run_one(spec['config'], spec['workdir'])
   _write_json(spec['result'], {'summary': summary, 'status': status, 'hardware': hw})
   return 0

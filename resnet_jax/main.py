@@ -11,7 +11,7 @@ import sys
 import jax
 from absl import app, flags
 
-from resnet_jax import cli, errors, parallel
+from resnet_jax import cli, errors, parallel, xla_flags
 
 FLAGS = flags.FLAGS
 
@@ -40,6 +40,8 @@ def main(argv):
   if FLAGS.verbosity <= 0:
     logging.getLogger('absl').setLevel(logging.WARNING)
   try:
+    # Before anything starts JAX's backends: XLA reads these flags once, then.
+    xla_flags.apply(config)
     parallel.initialize_distributed(config.distributed)
     logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                  jax.devices())

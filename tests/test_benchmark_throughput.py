@@ -205,3 +205,23 @@ def test_the_torch_peers_train_a_step():
   assert sum(p.numel() for p in model.parameters()) == _num_params(
       create_model('cifar', 20), (32, 32, 3))
   del torch
+
+
+def test_each_preset_runs_in_a_process_of_its_own_with_its_xla_flags(tmp_path):
+  path = tmp_path / 'presets.csv'
+  result = _benchmark(tmp_path, '--workloads=cifar_r20_fp32,cifar_r20_bf16', '--peers=project',
+                      '--warmup=1', '--steps=1', '--loop_steps=0', '--input_batches=0',
+                      f'--csv={path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count('in a process of its own') == 2
+  assert [r['workload'] for r in _table(result.stdout)] == ['cifar_r20_fp32', 'cifar_r20_bf16']
+  with open(path, newline='') as f:
+    fp32, bf16 = list(csv.DictReader(f))
+  assert fp32['run_id'] == bf16['run_id']  # One run, two processes.
+  # config.xla of each, as resnet_jax.main would set it: XLA's default scheduler for float32,
+  # the concurrency-optimised one off for bfloat16.
+  devices = '--xla_force_host_platform_device_count=1'
+  assert fp32['xla_flags'] == devices
+  assert bf16['xla_flags'] == f'{devices} --xla_cpu_enable_concurrency_optimized_scheduler=false'
+  assert float(fp32['img_per_s']) > 0 and float(bf16['img_per_s']) > 0
+  assert '[cifar_r20_bf16] hardware: cpu:' in result.stdout

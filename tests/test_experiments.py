@@ -219,3 +219,15 @@ def test_paper_budgets_follow_the_authors_code_and_the_shortened_ones_do_not():
     assert tuple(config.lr_boundaries) == (32_000, 48_000)
   for config in _study_configs('cpu'):
     assert config.optimizer == 'momentum' and not config.decay_bn_and_bias
+
+
+def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_run(
+    tmp_path, monkeypatch):
+  run = _digits_run(0)
+  run.config.xla.cpu_concurrency_optimized_scheduler = False
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_concurrency_optimized_scheduler=true')
+  [row] = sweep.run_sweep([run], tmp_path, jobs=2)
+  assert row['status'] == (
+      'failed: config.xla.cpu_concurrency_optimized_scheduler=False contradicts XLA_FLAGS, which '
+      'sets --xla_cpu_enable_concurrency_optimized_scheduler=true; drop one of them.')
+  assert not (tmp_path / 'runs' / run.name / 'checkpoints').exists()
