@@ -43,8 +43,8 @@ def resolve(config) -> dict[str, bool | None]:
 
 def named_in(xla_flags: str) -> dict[str, str]:
   """{flag name: value} of an XLA_FLAGS string (`--name=value` or `--name`, which is true)."""
-  return {name: value if value else 'true'
-          for name, value in re.findall(r'(?:^|\s)--?([A-Za-z0-9_]+)(?:=(\S*))?', xla_flags)}
+  return {name: value if equals else 'true'
+          for name, equals, value in re.findall(r'(?:^|\s)--?([A-Za-z0-9_]+)(=?)(\S*)', xla_flags)}
 
 
 _TRUE, _FALSE = {'true', 't', 'yes', 'y', '1'}, {'false', 'f', 'no', 'n', '0'}

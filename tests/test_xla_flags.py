@@ -1,5 +1,5 @@
 """resnet_jax/xla_flags.py: config.xla is resolved from the final config, reaches XLA through
-XLA_FLAGS before the backends start, yields to XLA_FLAGS you set, and a contradiction is one line."""
+XLA_FLAGS before the backends start, yields to XLA_FLAGS you set; a contradiction is one line."""
 
 import logging
 import subprocess
@@ -38,8 +38,8 @@ def test_the_flags_follow_the_final_config(dtype, scheduler, expected):
 
 
 def test_xla_flags_strings_are_parsed():
-  assert xla_flags.named_in('--a=1  -b --c=x=y\t--d') == {'a': '1', 'b': 'true', 'c': 'x=y',
-                                                            'd': 'true'}
+  assert xla_flags.named_in('--a=1  -b --c=x=y\t--d --e=') == {
+      'a': '1', 'b': 'true', 'c': 'x=y', 'd': 'true', 'e': ''}
   assert xla_flags.named_in('') == {}
 
 
