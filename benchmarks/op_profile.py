@@ -35,7 +35,7 @@ import functools
 from absl import app, flags
 
 from benchmarks import hardware
-from resnet_jax import cli
+from resnet_jax import cli, xla_flags
 from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -269,10 +269,11 @@ def _workload(throughput):
     if FLAGS.workload is not None:
       raise UserError('give --workload or --config, not both')
     spec = FLAGS['config'].config_filename
+    config = FLAGS.config.copy_and_resolve_references()
+    xla_flags.apply(config)  # Profile what the trainer runs (preset() applies it too).
     return throughput.make_workload(
         os.path.basename(spec.partition(':')[0]).removesuffix('.py'), spec,
-        ' '.join(a for a in sys.argv[1:] if a.startswith('--config.')),
-        FLAGS.config.copy_and_resolve_references())
+        ' '.join(a for a in sys.argv[1:] if a.startswith('--config.')), config)
   name = FLAGS.workload or 'cifar_r20_fp32'
   if name not in throughput.WORKLOADS:
     raise UserError(f'--workload={name!r} is not one of {", ".join(throughput.WORKLOADS)}')

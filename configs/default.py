@@ -145,8 +145,8 @@ def get_config():
   # that you set win over a None. None of them changes a result.
   config.xla = ml_collections.ConfigDict()
   # XLA:CPU's concurrency-optimised kernel scheduler (XLA's default: on). None: off where the
-  # model computes in bfloat16 (3-5% faster on 2 cores), XLA's default otherwise (off made
-  # float32 6-13% slower); docs/benchmarks.md has the measurements. Ignored off the CPU.
+  # model computes in bfloat16 (ResNet-20 ~5% faster on 2 cores), XLA's default otherwise (off
+  # made float32 6-13% slower); docs/benchmarks.md has the measurements. Ignored off the CPU.
   config.xla.cpu_concurrency_optimized_scheduler = ml_collections.config_dict.placeholder(bool)
 
   # Multi-host. 'auto' initialises jax.distributed when the environment says so (TPU pods,

@@ -17,7 +17,8 @@ import re
 
 from resnet_jax.config_check import ConfigError
 
-# config.xla key -> XLA's flag.
+# config.xla key -> XLA's flag. XLA ends the process on a flag it does not know, so a jaxlib that
+# drops one must fail tests/test_xla_flags.py (which compiles a step with each), not a user's run.
 FLAG_NAMES = {
     'cpu_concurrency_optimized_scheduler': 'xla_cpu_enable_concurrency_optimized_scheduler',
 }
@@ -34,8 +35,9 @@ def resolve(config) -> dict[str, bool | None]:
   values = config.xla.to_dict()
   if values['cpu_concurrency_optimized_scheduler'] is None:
     # XLA:CPU's concurrency-optimised scheduler (XLA's default) ordered the project's bfloat16
-    # step so that it ran 3-5% slower on 2 cores; in float32 the other order was 6-13% slower
-    # (docs/benchmarks.md). The flag only touches XLA:CPU's compiler.
+    # ResNet-20 step so that it ran ~5% slower on 2 cores (0.95x the minimal Flax step, 1.00x
+    # without it); in float32 the other order was 6-13% slower (docs/benchmarks.md). The flag
+    # only touches XLA:CPU's compiler.
     values['cpu_concurrency_optimized_scheduler'] = (
         False if config.model.dtype == 'bfloat16' else None)
   return values
