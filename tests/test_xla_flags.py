@@ -81,9 +81,10 @@ def test_too_late_in_a_process_changes_nothing_and_says_so(monkeypatch, caplog):
   assert [r.levelno for r in caplog.records] == [logging.INFO]
 
 
-# Compiles the quickstart step after config.xla is applied, and prints XLA's memory plan of it.
+# Compiles the quickstart step after config.xla is applied, prints XLA's memory plan of it, runs
+# three steps and prints a hash of the weights and BN statistics they leave.
 _COMPILE = r"""
-import sys
+import hashlib, sys
 from configs import quickstart
 from resnet_jax import xla_flags
 config = quickstart.get_config()
@@ -93,29 +94,35 @@ import jax
 from benchmarks import project
 step = project.compile_train_step(config, (8, 8, 1), 1000, jax.devices()[:1])
 print('temp', step.compiled.memory_analysis().temp_size_in_bytes)
+for _ in range(3):
+  step()
+leaves = jax.tree.leaves(jax.device_get((step.state.params, step.state.batch_stats)))
+print('trained', hashlib.sha256(b''.join(leaf.tobytes() for leaf in leaves)).hexdigest())
 """
 
 
-def _compiled_temp_bytes(dtype, xla_flags_env):
+def _compile_and_train(dtype, xla_flags_env):
   environ = helpers.env()
   environ['XLA_FLAGS'] = xla_flags_env
   result = subprocess.run([sys.executable, '-c', _COMPILE, dtype], cwd=helpers.ROOT, env=environ,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = dict(line.split(' ', 1) for line in result.stdout.splitlines())
-  return lines['appended'], int(lines['temp'])
+  return lines['appended'], int(lines['temp']), lines['trained']
 
 
 def test_the_flag_reaches_xla_when_applied_before_the_backends_start():
   devices = '--xla_force_host_platform_device_count=1'
-  appended, off = _compiled_temp_bytes('bfloat16', devices)
+  appended, off, trained_off = _compile_and_train('bfloat16', devices)
   assert appended == repr([OFF])
   # XLA_FLAGS that name it win: XLA's default scheduler, which plans the bfloat16 step's
-  # buffers differently (more memory, here and on every net measured).
-  appended, on = _compiled_temp_bytes(
+  # buffers differently (more memory, here and on every net measured) ...
+  appended, on, trained_on = _compile_and_train(
       'bfloat16', f'{devices} --xla_cpu_enable_concurrency_optimized_scheduler=true')
   assert appended == '[]'
   assert off != on
+  # ... and computes the same bits: the key is result-neutral (workdir.RESULT_NEUTRAL_KEYS).
+  assert trained_off == trained_on
 
 
 def test_main_applies_it_and_a_contradiction_is_one_line(tmp_path):
