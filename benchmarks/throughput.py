@@ -477,14 +477,15 @@ def measure_here(run_id: str) -> tuple[list[dict], list[str], list[str]]:
 
 
 def measure_in_processes(names: list[str], run_id: str) -> tuple[list[dict], list[str],
-                                                                  list[str]]:
-  """measure_here for each preset in a process of its own, with this command's flags.
+                                                                  list[str], list[str]]:
+  """measure_here for each preset in a process of its own, with this command's flags; also
+  returns the presets whose process failed.
 
   XLA reads its flags once per process, and each workload's config.xla may ask for others (the
   bfloat16 ones turn XLA:CPU's concurrency-optimised scheduler off): a workload in its own
   process is timed as `python -m resnet_jax.main` would train it.
   """
-  rows, notes, lines = [], [], []
+  rows, notes, lines, failed = [], [], [], []
   with tempfile.TemporaryDirectory(prefix='resnet_jax_bench_') as tmp:
     for name in names:
       out = os.path.join(tmp, f'{name}.json')
@@ -495,6 +496,7 @@ def measure_in_processes(names: list[str], run_id: str) -> tuple[list[dict], lis
       code = subprocess.run(argv, cwd=os.getcwd(), check=False).returncode
       if code or not os.path.exists(out):
         notes.append(f'{name}: its process failed (exit {code}); its error is above')
+        failed.append(name)
         continue
       with open(out) as f:
         result = json.load(f)
@@ -503,9 +505,9 @@ def measure_in_processes(names: list[str], run_id: str) -> tuple[list[dict], lis
       # The load average and XLA_FLAGS are each process's own.
       lines += [l if l.startswith('versions') else f'[{name}] {l}' for l in result['lines']
                 if l not in lines]
-  if not rows:
-    raise RunError('no workload could be measured; the errors are above.')
-  return rows, notes, lines
+  if failed and not rows:
+    raise RunError(f'no workload could be measured ({", ".join(failed)}); the errors are above.')
+  return rows, notes, lines, failed
 
 
 def main(argv):
@@ -520,8 +522,9 @@ def main(argv):
     names = preset_names()
     run_id = FLAGS.run_id or (datetime.datetime.now().strftime('%Y%m%dT%H%M%S') +
                               f'-{os.getpid()}')
+    failed = []
     if names is not None and len(names) > 1:
-      rows, notes, lines = measure_in_processes(names, run_id)
+      rows, notes, lines, failed = measure_in_processes(names, run_id)
     else:
       rows, notes, lines = measure_here(run_id)
   except (UserError, RunError) as e:
@@ -548,6 +551,10 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(e.exit_code)
   print(f'{len(rows)} rows appended to {path}')
+  if failed:  # The rows above are what was measured; a script must not take it for all of it.
+    print(f'error: {", ".join(failed)} could not be measured; the errors are above.',
+          file=sys.stderr)
+    sys.exit(RunError.exit_code)
 
 
 def run():

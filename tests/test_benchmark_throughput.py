@@ -225,3 +225,16 @@ def test_each_preset_runs_in_a_process_of_its_own_with_its_xla_flags(tmp_path):
   assert bf16['xla_flags'] == f'{devices} --xla_cpu_enable_concurrency_optimized_scheduler=false'
   assert float(fp32['img_per_s']) > 0 and float(bf16['img_per_s']) > 0
   assert '[cifar_r20_bf16] hardware: cpu:' in result.stdout
+
+
+def test_a_preset_whose_process_fails_fails_the_run(tmp_path):
+  path = tmp_path / 'failed.csv'
+  result = _benchmark(tmp_path, '--workloads=cifar_r20_fp32,cifar_r20_bf16', '--num_devices=2',
+                      '--peers=project', f'--csv={path}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  # Each process's own one-line error, then the run's.
+  assert lines.count('error: --num_devices=2, but there are 1 devices.') == 2, lines
+  assert lines[-1] == ('error: no workload could be measured (cifar_r20_fp32, cifar_r20_bf16); '
+                       'the errors are above.')
+  assert not path.exists()
