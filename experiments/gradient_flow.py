@@ -427,4 +427,4 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(sweep.main_guard(main))

@@ -476,4 +476,4 @@ def headline_rows(records, nets, units_by_net) -> list[dict]:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(sweep.main_guard(main))

@@ -46,6 +46,27 @@ class Run:
   meta: dict                           # the study's columns, e.g. {'placement': ..., 'depth': 20}
 
 
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1 (argparse turns the ValueError into one line, exit 2)."""
+  value = int(text)
+  if value < 1:
+    raise ValueError(text)
+  return value
+
+
+positive_int.__name__ = 'integer >= 1'  # What argparse's message calls it.
+
+
+def main_guard(main) -> int:
+  """Runs a study's main(); a UserError or RunError that escapes it ends in one line and the
+  exception's exit code, as the trainer's command line does."""
+  try:
+    return main()
+  except (UserError, RunError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return e.exit_code
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--budget', required=True, choices=BUDGETS,
                       help='smoke: minutes, checks the machinery; cpu: about 45 min on 2 CPU '
@@ -53,9 +74,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--results_dir', required=True,
                       help='where the runs, tables, plots and results.json go; rerun with the '
                            'same directory to resume.')
-  parser.add_argument('--seeds', type=int, default=None,
+  parser.add_argument('--seeds', type=positive_int, default=None,
                       help="seeds per cell (default: the budget's).")
-  parser.add_argument('--jobs', type=int, default=1,
+  parser.add_argument('--jobs', type=positive_int, default=1,
                       help='runs at once, each in its own process (default 1: in this process).')
   parser.add_argument('--dataset', choices=DATASETS, default='cifar10')
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from experiments import sweep
+from resnet_jax.errors import UserError
 from tests import helpers
 
 ROOT = helpers.ROOT
@@ -231,3 +232,24 @@ def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_r
       'failed: config.xla.cpu_concurrency_optimized_scheduler=False contradicts XLA_FLAGS, which '
       'sets --xla_cpu_enable_concurrency_optimized_scheduler=true; drop one of them.')
   assert not (tmp_path / 'runs' / run.name / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('module', ['experiments.activation_ablation', 'experiments.degradation',
+                                    'experiments.gradient_flow', 'experiments.lesion'])
+def test_a_bad_count_is_one_line_before_anything_runs(module, tmp_path):
+  results = helpers.run_modules([
+      (module, ['--budget=smoke', f'--results_dir={tmp_path / "r"}', *args], None)
+      for args in (['--jobs=0'], ['--seeds=-1'])])
+  for result, flag, value in zip(results, ('--jobs', '--seeds'), ('0', '-1')):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        f"error: argument {flag}: invalid integer >= 1 value: '{value}'")
+    assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'r').exists()
+
+
+def test_a_user_error_that_escapes_a_study_is_one_line(capsys):
+  def study():
+    raise UserError('--results_dir=x: not writable.')
+  assert sweep.main_guard(study) == 2
+  assert capsys.readouterr().err == 'error: --results_dir=x: not writable.\n'
