@@ -28,13 +28,17 @@ def get_config():
   config.model.width = 1.0
   config.model.dtype = 'float32'
   config.model.param_dtype = 'float32'
-  # None picks per backend (resnet_jax.models.factory.scan_by_default): on CPU the nets whose
-  # stages repeat a unit 6+ times (a scanned stage is faster there), on accelerators 9+ times.
+  # None picks per backend (resnet_jax.models.factory.scan_by_default): on accelerators the nets
+  # whose stages repeat a unit 9+ times, on CPU (where unrolled nets train faster) 50+ times.
   config.model.scan = ml_collections.config_dict.placeholder(bool)
   config.model.scan_unroll = 1  # Units per iteration of a scanned stage's loop (nn.scan unroll).
   # None: on CPU only. The gradient convs of scanned units in the layout XLA:CPU's fast path
   # takes inside a loop (resnet_jax.models.layers.canonical_grad_conv); same function.
   config.model.canonical_conv_grads = ml_collections.config_dict.placeholder(bool)
+  # None: on CPU for float32 nets. Each unrolled unit's output goes through a conditional XLA
+  # cannot fuse across, so the backward pass reads it instead of recomputing the stage up to it
+  # (resnet_jax.models.layers.fusion_fence); same function, bit for bit.
+  config.model.unit_fence = ml_collections.config_dict.placeholder(bool)
   config.model.remat = False
   config.model.zero_init_last = False
   config.model.stochastic_depth = 0.0

@@ -511,10 +511,10 @@ def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals:
                                  if every % k == 0 and every // k <= 100), 1)
   config.eval_batch_size = min(config.eval_batch_size, 500)
   if unrolled:
-    # One parameter layout on every machine: scan=None resolves by backend and dtype (the CPU
-    # scans float32 nets of 44+ layers, an accelerator those of 110+), so a study resumed or
-    # rerun elsewhere meets its own checkpoints' layout. It costs the CPU budgets speed: scanned,
-    # ResNet-56 ran 1.55x as fast here (docs/benchmarks.md).
+    # One parameter layout on every machine: scan=None resolves by backend (an accelerator
+    # scans the nets of 110+ layers, the CPU only 1001 and 1202), so a study resumed or rerun
+    # elsewhere meets its own checkpoints' layout. On CPU unrolled is also the faster
+    # (docs/benchmarks.md).
     config.model.scan = False
 
 

@@ -14,33 +14,40 @@ from resnet_jax.models.units import PLACEMENTS
 #   identical units (units 2..n). Compile time of an unrolled net grows with its unit count while
 #   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
-# - On CPU a scanned CIFAR stage is faster than the unrolled one, and more so the deeper the net
-#   (2 cores, batch 128, float32, scanned over unrolled img/s: ResNet-20 1.07, 56 1.55, 110 3.0,
-#   docs/benchmarks.md; one-off timings of the same step: ResNet-32 1.15, ImageNet ResNet-50 at
-#   batch 32 in bf16 0.93). Unrolled, XLA:CPU fuses the recomputation of a stage's whole chain of
-#   residual additions into the transposes that feed each filter-gradient convolution, so that
-#   work grows with the square of the units per stage; the loop of a scanned stage stores each
-#   unit's output once (benchmarks/op_profile.py shows both). A scanned stage needs
-#   canonical_conv_grads there, which it gets by default (resnet_jax.models.layers). So the CPU
-#   scans float32 nets with a stage that repeats a unit CPU_SCAN_AUTO_MIN_REPEATS times or more:
-#   CIFAR 44 and deeper, ImageNet 101 and deeper (ResNet-32 gains 1.15x from scan=True by hand).
-#   Not bfloat16 ones: ResNet-56 in bfloat16 took 1098 ms a step scanned, 969 ms unrolled.
+# - On CPU an unrolled net trains faster at every depth measured, in both dtypes (2 cores, batch
+#   128, unrolled over scanned img/s: float32 ResNet-32 1.13, 56 1.12, 110 1.08 with the unit
+#   fence that float32 nets get on CPU; bfloat16 ResNet-56 1.13-1.22, 110 1.38; docs/benchmarks.md).
+#   (Before the fence, XLA:CPU recomputed a stage's residual stream in every unrolled unit's
+#   backward pass, and scanned float32 stages, which store each unit's output, were faster:
+#   layers.fusion_fence.) So the CPU scans only where an unrolled net takes minutes to
+#   compile: stages of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more, CIFAR 1001 and 1202
+#   (pre-activation ResNet-1001 unrolled: 457 s to init, lower and compile at batch 128;
+#   scanned: 9 s at batch 32). Its scanned stages use canonical_conv_grads (layers).
 # An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
-CPU_SCAN_AUTO_MIN_REPEATS = 6
+CPU_SCAN_AUTO_MIN_REPEATS = 50
 
 
-def scan_by_default(stage_sizes, backend=None, dtype=jnp.float32) -> bool:
+def scan_by_default(stage_sizes, backend=None) -> bool:
   """What scan=None resolves to for a net with these units per stage on `backend`.
 
-  backend: 'cpu', 'gpu', 'tpu', ...; None asks jax.default_backend(). dtype: the compute dtype.
+  backend: 'cpu', 'gpu', 'tpu', ...; None asks jax.default_backend().
   """
   if backend is None:
     backend = jax.default_backend()
-  if backend == 'cpu' and dtype != jnp.float32:
-    return False  # bfloat16 ResNet-56: 1098 ms a step scanned, 969 ms unrolled.
   repeats = max(stage_sizes) - 1
   return repeats >= (CPU_SCAN_AUTO_MIN_REPEATS if backend == 'cpu' else SCAN_AUTO_MIN_REPEATS)
+
+
+def fence_by_default(backend=None, dtype=jnp.float32) -> bool:
+  """What unit_fence=None resolves to: on for float32 compute on CPU, where XLA recomputes the
+  residual stream otherwise (unrolled float32 ResNet-20 1.19x, ResNet-56 1.78x the minimal Flax
+  step with it, 1.02x and 0.97x without; docs/benchmarks.md). Off in bfloat16 and float16, whose
+  converts already store the stream (ResNet-20 bfloat16 0.94-0.97x with the fence), and on
+  accelerators: not measured there, and XLA:GPU reads a conditional's predicate on the host."""
+  if backend is None:
+    backend = jax.default_backend()
+  return backend == 'cpu' and dtype == jnp.float32
 
 
 def _allowed_depths(family):
@@ -65,7 +72,7 @@ def _check_bool(argument, value, allow_none=False):
 
 def create_model(family, depth, *, placement='original', shortcut=None, num_classes=None,
                  width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1,
-                 remat=False, canonical_conv_grads=None,
+                 remat=False, canonical_conv_grads=None, unit_fence=None,
                  zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
                  axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5) -> ResNet:
   """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
@@ -85,9 +92,9 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     dtype, param_dtype: compute and parameter dtypes ('float32', 'bfloat16', 'float16' or the
       jnp types). BN statistics and the logits are float32 whatever they are.
     scan: run units 2..n of each stage under nn.scan. None decides by the backend that
-      jax.default_backend() names when the model is created (`scan_by_default`): on CPU, scan
-      every float32 net with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 44
-      and deeper, ImageNet 101 and deeper), where a scanned stage runs faster; on accelerators,
+      jax.default_backend() names when the model is created (`scan_by_default`): on CPU, only
+      nets with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 1001 and 1202),
+      which unrolled take minutes to compile (unrolled CPU nets train faster); on accelerators,
       every net with a stage of more than SCAN_AUTO_MIN_REPEATS - 1 identical units (CIFAR 110
       and deeper, ImageNet 101 and deeper), where scanning cuts the compile time. True/False
       always wins. Scanned and unrolled nets compute the same function.
@@ -97,6 +104,10 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     canonical_conv_grads: the scanned units' convs compute their gradients with convolutions
       in the one layout XLA:CPU's fast path takes inside a loop (layers.canonical_grad_conv),
       the same function; without it a scanned stage runs ~28x slower on CPU. None: on CPU only.
+    unit_fence: in training, pass each unrolled unit's output through layers.fusion_fence, so
+      that XLA reads it in the backward pass instead of recomputing the stage's residual stream
+      up to it; the same function, bit for bit. None: on CPU with float32 compute
+      (`fence_by_default`).
     zero_init_last: zero-initialise the last scale of each residual branch (see ResidualUnit).
     stochastic_depth: drop rate p_L of the last unit; unit l of L drops with l/L * p_L
       (Huang et al. 2016). Training then needs rngs={'dropout': key}; 0 needs no rng.
@@ -153,17 +164,20 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
   if not bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
   if scan is None:
-    scan = scan_by_default(stage_sizes, dtype=dtype)
+    scan = scan_by_default(stage_sizes)
   _check_bool('canonical_conv_grads', canonical_conv_grads, allow_none=True)
   if canonical_conv_grads is None:
     canonical_conv_grads = jax.default_backend() == 'cpu'
+  _check_bool('unit_fence', unit_fence, allow_none=True)
+  if unit_fence is None:
+    unit_fence = fence_by_default(dtype=dtype)
 
   return ResNet(
       stage_sizes=stage_sizes, widths=widths, strides=spec.strides,
       bottleneck=block == 'bottleneck', stem=spec.stem, stem_width=stem_width,
       num_classes=int(num_classes), placement=placement, shortcut=shortcut, dtype=dtype,
       param_dtype=param_dtype, scan=scan, scan_unroll=scan_unroll, remat=remat,
-      canonical_conv_grads=canonical_conv_grads,
+      canonical_conv_grads=canonical_conv_grads, unit_fence=unit_fence,
       zero_init_last=zero_init_last, stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
       stride_in_3x3=stride_in_3x3 if family == 'imagenet' else False, axis_name=axis_name,
       bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon))

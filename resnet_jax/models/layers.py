@@ -103,6 +103,27 @@ def canonical_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
   return _conv_nhwc(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding), precision)
 
 
+# Unrolled, XLA:CPU does not read a unit's stored output where the backward pass needs it: it
+# fuses the recomputation of the residual stream (every BN, ReLU and addition back to the start
+# of the stage) into each consumer, above all into the transposes that feed the filter-gradient
+# convolutions, so that work grows with the square of the units per stage (float32 ResNet-56:
+# 1.7 s of a 1.9 s step; benchmarks/op_profile.py). A fence after each unit bounds the chain to
+# one unit. lax.optimization_barrier is the API for it, but XLA:CPU expands its barriers before
+# fusion (the compiled step is unchanged by them), and no XLA pass fuses across a conditional:
+# so the fence is one, both of whose branches return x. Its predicate is read from x, so XLA
+# cannot fold it away, and the second branch rounds x to its own precision (the identity, but
+# not the same jaxpr: JAX drops a cond whose branches are identical). The same values, bit for
+# bit. In bfloat16 the converts already materialise the stream, and the fence only costs
+# (docs/benchmarks.md).
+
+
+def fusion_fence(x):
+  """x, through a conditional that XLA cannot fuse across (see above); the identity."""
+  info = jnp.finfo(x.dtype)
+  return lax.cond(jnp.isfinite(x.reshape(-1)[0]), lambda v: v,
+                  lambda v: lax.reduce_precision(v, info.nexp, info.nmant), x)
+
+
 def layer_partials(*, train, dtype, param_dtype, axis_name, bn_momentum, bn_epsilon):
   """The conv and norm partials that units and stems build their layers from (Flax imagenet style).
 

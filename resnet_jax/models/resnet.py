@@ -79,6 +79,7 @@ class ResNet(nn.Module):
   scan_unroll: int = 1
   remat: bool = False
   canonical_conv_grads: bool = False
+  unit_fence: bool = False
   zero_init_last: bool = False
   stochastic_depth: float = 0.0
   resnet_d: bool = False
@@ -137,6 +138,8 @@ class ResNet(nn.Module):
           break
         x = unit(**kwargs, name=f'stage{s}_unit{u}')(
             x, None if rates is None else float(rates[j]), None if keeps is None else keeps[j])
+        if self.unit_fence and train:  # It serves the backward pass (layers.fusion_fence).
+          x = layers.fusion_fence(x)
         j += 1
 
     if preact:

@@ -32,8 +32,8 @@ LOCK_FILE = '.lock'
 # Keys that may differ between the runs that share a workdir: they decide when things are logged,
 # evaluated or saved, how data is loaded and where things run, never which numbers training
 # computes. (Exact eval counts every example once whatever eval_batch_size is; checkpoints hold
-# one layout that both parallel backends restore. model.scan, scan_unroll and
-# canonical_conv_grads compile the same function another way; scan=None resolves by backend, so a
+# one layout that both parallel backends restore. model.scan, scan_unroll, canonical_conv_grads
+# and unit_fence compile the same function another way; scan=None resolves by backend, so a
 # resume elsewhere may have to name the layout its checkpoints hold, and a checkpoint of the other
 # layout is refused by the restore, in one line that names the key. config.xla orders the same
 # kernels another way: 30 bfloat16 steps gave bit-identical weights either way.)
@@ -44,6 +44,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.worker_count', 'data.worker_buffer_size', 'data.read_threads',
     'data.read_buffer_size', 'data.prefetch_to_device',
     'parallel.backend', 'model.scan', 'model.scan_unroll', 'model.canonical_conv_grads',
+    'model.unit_fence',
     'distributed.initialize', 'distributed.coordinator_address', 'distributed.num_processes',
     'distributed.process_id', 'xla.cpu_concurrency_optimized_scheduler',
 })
