@@ -15,8 +15,8 @@ from resnet_jax.models.units import PLACEMENTS
 #   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
 # - On CPU an unrolled net trains faster at every depth measured, in both dtypes (2 cores, batch
-#   128, unrolled over scanned img/s: float32 ResNet-32 1.13, 56 1.12, 110 1.08 with the unit
-#   fence that float32 nets get on CPU; bfloat16 ResNet-56 1.13-1.22, 110 1.38; docs/benchmarks.md).
+#   128, unrolled over scanned img/s: float32 ResNet-20 1.06, 56 1.08, 110 1.14 with the unit
+#   fence that float32 nets get on CPU; bfloat16 ResNet-110 1.45; docs/benchmarks.md).
 #   (Before the fence, XLA:CPU recomputed a stage's residual stream in every unrolled unit's
 #   backward pass, and scanned float32 stages, which store each unit's output, were faster:
 #   layers.fusion_fence.) So the CPU scans only where an unrolled net takes minutes to
@@ -41,9 +41,10 @@ def scan_by_default(stage_sizes, backend=None) -> bool:
 
 def fence_by_default(backend=None, dtype=jnp.float32) -> bool:
   """What unit_fence=None resolves to: on for float32 compute on CPU, where XLA recomputes the
-  residual stream otherwise (unrolled float32 ResNet-20 1.19x, ResNet-56 1.78x the minimal Flax
-  step with it, 1.02x and 0.97x without; docs/benchmarks.md). Off in bfloat16 and float16, whose
-  converts already store the stream (ResNet-20 bfloat16 0.94-0.97x with the fence), and on
+  residual stream otherwise (unrolled float32 ResNet-20 1.19x, ResNet-56 1.75x the minimal Flax
+  step with it, 1.02x and 1.00x without; docs/benchmarks.md). Off in bfloat16 and float16, whose
+  converts already store the stream (bfloat16 ResNet-20 0.91x, ResNet-56 0.95x with the fence,
+  0.99x and 0.98x without), and on
   accelerators: not measured there, and XLA:GPU reads a conditional's predicate on the host."""
   if backend is None:
     backend = jax.default_backend()

@@ -107,7 +107,7 @@ def canonical_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
 # fuses the recomputation of the residual stream (every BN, ReLU and addition back to the start
 # of the stage) into each consumer, above all into the transposes that feed the filter-gradient
 # convolutions, so that work grows with the square of the units per stage (float32 ResNet-56:
-# 1.7 s of a 1.9 s step; benchmarks/op_profile.py). A fence after each unit bounds the chain to
+# 1.7 s of busy time a step; benchmarks/op_profile.py). A fence after each unit bounds the chain to
 # one unit. lax.optimization_barrier is the API for it, but XLA:CPU expands its barriers before
 # fusion (the compiled step is unchanged by them), and no XLA pass fuses across a conditional:
 # so the fence is one, both of whose branches return x. Its predicate is read from x, so XLA
