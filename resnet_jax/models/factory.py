@@ -44,8 +44,8 @@ def fence_by_default(backend=None, dtype=jnp.float32) -> bool:
   residual stream otherwise (unrolled float32 ResNet-20 1.19x, ResNet-56 1.75x the minimal Flax
   step with it, 1.02x and 1.00x without; docs/benchmarks.md). Off in bfloat16 and float16, whose
   converts already store the stream (bfloat16 ResNet-20 0.91x, ResNet-56 0.95x with the fence,
-  0.99x and 0.98x without), and on
-  accelerators: not measured there, and XLA:GPU reads a conditional's predicate on the host."""
+  0.99x and 0.98x without), and on accelerators: not measured there, and XLA:GPU reads a
+  conditional's predicate on the host."""
   if backend is None:
     backend = jax.default_backend()
   return backend == 'cpu' and dtype == jnp.float32
