@@ -5,13 +5,16 @@ each op is checked to consume its predecessor's output, so the order is the data
 only the program's. Swapping the code of any two placements fails these tests.
 """
 
+import pathlib
+import re
+
 import jax.numpy as jnp
 import pytest
 
 from resnet_jax import models
 from tests.test_models_util import find, random_variables, reads, trace_ops, unit_ops
 
-# One identity-shortcut unit, op by op (Fig. 4; a bottleneck has one more conv-BN-ReLU pattern).
+# One identity-shortcut basic unit, op by op (Fig. 4).
 BASIC = {
     'original': 'conv bn relu conv bn add relu',
     'bn_after_add': 'conv bn relu conv add bn relu',
@@ -19,13 +22,16 @@ BASIC = {
     'relu_only_preact': 'relu conv bn relu conv bn add',
     'full_preact': 'bn relu conv bn relu conv add',
 }
-BOTTLENECK = {
-    'original': 'conv bn relu conv bn relu conv bn add relu',
-    'bn_after_add': 'conv bn relu conv bn relu conv add bn relu',
-    'relu_before_add': 'conv bn relu conv bn relu conv bn relu add',
-    'relu_only_preact': 'relu conv bn relu conv bn relu conv bn add',
-    'full_preact': 'bn relu conv bn relu conv bn relu conv add',
-}
+
+
+def _bottleneck(spec: str) -> str:
+  """A bottleneck unit repeats the pattern between a basic unit's two convs once more."""
+  ops = spec.split()
+  first, second = [i for i, op in enumerate(ops) if op == 'conv']
+  return ' '.join(ops[:second] + ops[first:second] + ops[second:])
+
+
+BOTTLENECK = {name: _bottleneck(spec) for name, spec in BASIC.items()}
 PREACT = ('relu_only_preact', 'full_preact')
 POSTACT = ('original', 'bn_after_add', 'relu_before_add')
 
@@ -43,8 +49,27 @@ def _unit_input(ops, unit):
 
 
 def test_the_specs_tell_every_placement_apart():
-  assert len(set(BASIC.values())) == len(BASIC) == len(models.PLACEMENTS)
-  assert len(set(BOTTLENECK.values())) == len(BOTTLENECK) == len(models.PLACEMENTS)
+  assert set(BASIC) == set(models.PLACEMENTS)
+  assert len(set(BASIC.values())) == len(set(BOTTLENECK.values())) == len(models.PLACEMENTS)
+  assert BOTTLENECK['full_preact'] == 'bn relu conv bn relu conv bn relu conv add'
+
+
+def test_no_module_outside_models_compares_a_placement_name_or_lists_them():
+  """Everything a placement decides is in its record (models/placements.py): a comparison with
+  a placement's name elsewhere, or a list of them, is a copy that a new placement would silently
+  miss. (Naming the placements a config or a study uses is no copy, nor are the papers' numbers
+  per placement, experiments/papers.py.)"""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  names = '|'.join(models.PLACEMENTS)
+  quoted = rf"""['"]({names})['"]"""
+  comparison = re.compile(rf'(==|!=|\bin\b)\s*\(?\s*{quoted}|{quoted}\s*(==|!=|\bin\b)')
+  found = [f'{path.relative_to(root)}:{n}: {line.strip()}'
+           for folder in ('resnet_jax', 'experiments', 'benchmarks', 'configs')
+           for path in sorted((root / folder).rglob('*.py'))
+           if 'models' not in path.relative_to(root).parts and path.name != 'papers.py'
+           for n, line in enumerate(path.read_text().splitlines(), 1)
+           if comparison.search(line) or len(re.findall(quoted, line)) > 2]
+  assert not found, found
 
 
 @pytest.mark.parametrize('placement', models.PLACEMENTS)

@@ -139,6 +139,17 @@ def layer_partials(*, train, dtype, param_dtype, axis_name, bn_momentum, bn_epsi
   return conv_def, norm_def
 
 
+def apply_ops(ops, x, norm, act, bn_name: str, zero_scale: bool = False):
+  """A placement's `ops` ('bn', 'relu'; resnet_jax.models.placements) applied to x in order,
+  inside the calling module; its BN is named bn_name, its scale zero-initialised if zero_scale."""
+  for op in ops:
+    if op == 'bn':
+      x = norm(name=bn_name, **({'scale_init': nn.initializers.zeros} if zero_scale else {}))(x)
+    else:
+      x = act(x)
+  return x
+
+
 def shortcut_a(x, features, strides):
   """Option A of He et al. 2015 (Sec. 4.2): subsample by the stride, zero-pad the new channels."""
   if strides > 1:

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.models import layers
-from resnet_jax.models.units import PREACT_PLACEMENTS, ResidualUnit
+from resnet_jax.models import layers, placements
+from resnet_jax.models.units import ResidualUnit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +93,8 @@ class ResNet(nn.Module):
     conv, norm = layers.layer_partials(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
-    preact = self.placement in PREACT_PLACEMENTS
-    x = self._stem(jnp.asarray(images, self.dtype), conv, norm)
+    spec = placements.get(self.placement)
+    x = self._stem(jnp.asarray(images, self.dtype), conv, norm, spec)
 
     num_units = sum(self.stage_sizes)
     rates = keeps = None
@@ -120,7 +120,7 @@ class ResNet(nn.Module):
         kwargs = dict(
             features=features, strides=stride if u == 1 else 1, bottleneck=self.bottleneck,
             placement=self.placement, shortcut=kind, conv=conv, norm=norm,
-            shared_preact=preact and (kind not in ('identity', 'none') or j == 0),
+            shared_preact=spec.preact and (kind not in ('identity', 'none') or j == 0),
             stride_in_3x3=self.stride_in_3x3, avg_down=self.resnet_d,
             zero_init_last=self.zero_init_last)
         if self.scan and u == 2:
@@ -142,11 +142,7 @@ class ResNet(nn.Module):
           x = layers.fusion_fence(x)
         j += 1
 
-    if preact:
-      # Identity Mappings appendix: an extra activation after the last addition.
-      if self.placement == 'full_preact':
-        x = norm(name='final_bn')(x)
-      x = nn.relu(x)
+    x = layers.apply_ops(spec.end, x, norm, nn.relu, 'final_bn')
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     # The head runs in float32: it is tiny, and the logits feed a float32 loss.
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
@@ -161,7 +157,7 @@ class ResNet(nn.Module):
       return 'identity'
     return 'A' if self.shortcut == 'A' else 'projection'
 
-  def _stem(self, x, conv, norm):
+  def _stem(self, x, conv, norm, spec):
     w = self.stem_width
     if self.stem == 'cifar':
       x = conv(w, 3, name='stem_conv')(x)
@@ -173,12 +169,7 @@ class ResNet(nn.Module):
       x = conv(w, 3, name='stem_conv3')(x)
     else:
       x = conv(w, 7, 2, name='stem_conv')(x)
-    # Pre-activation nets move the stem's activation into the first unit, whose pre-activation
-    # follows the stem (Identity Mappings appendix): (e) keeps a bare conv, (d) keeps conv-BN.
-    if self.placement != 'full_preact':
-      x = norm(name='stem_bn')(x)
-    if self.placement not in PREACT_PLACEMENTS:
-      x = nn.relu(x)
+    x = layers.apply_ops(spec.stem, x, norm, nn.relu, 'stem_bn')
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     return x
