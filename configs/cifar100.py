@@ -11,6 +11,4 @@ from configs import cifar10
 
 
 def get_config(arg: str | None = None):
-  # CIFAR-100 training-set statistics, in pixel units.
-  return cifar10.cifar_config(arg, dataset='cifar100', num_classes=100,
-                              mean=(129.30, 124.07, 112.43), std=(68.17, 65.39, 70.42))
+  return cifar10.cifar_config(arg, 'cifar100')

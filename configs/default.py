@@ -24,7 +24,8 @@ def get_config():
   config.model.placement = 'original'
   # None picks the family's default: A for CIFAR basic nets (2015), B for bottleneck and ImageNet nets.
   config.model.shortcut = ml_collections.config_dict.placeholder(str)
-  config.model.num_classes = 10
+  # None: the dataset's number of classes (resnet_jax/data/datasets.py), filled in at train time.
+  config.model.num_classes = ml_collections.config_dict.placeholder(int)
   config.model.width = 1.0
   config.model.dtype = 'float32'
   config.model.param_dtype = 'float32'
@@ -48,21 +49,24 @@ def get_config():
   config.model.bn_momentum = 0.9
   config.model.bn_epsilon = 1e-5
 
-  # Data: a tfds dataset read through tfds.data_source + grain, or 'digits' (scikit-learn, offline).
+  # Data: a dataset of resnet_jax/data/datasets.py (tfds ArrayRecord through tfds.data_source +
+  # grain, or scikit-learn's digits offline), or any other tfds dataset.
   config.data = ml_collections.ConfigDict()
   config.data.dataset = 'cifar10'
   # None falls back to $TFDS_DATA_DIR, then to tfds's default (~/tensorflow_datasets).
   config.data.data_dir = ml_collections.config_dict.placeholder(str)
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
-  config.data.image_size = 32
+  # None: the size of the dataset's images, where they have one (resnet_jax/data/datasets.py).
+  config.data.image_size = ml_collections.config_dict.placeholder(int)
   # 'cifar': pad, random crop, flip. 'shift': pad and crop only. 'inception': random-resized
   # crop, flip. 'none'.
   config.data.augment = 'cifar'
   config.data.pad = 4
-  # Per-channel normalisation, in [0, 255] pixel units; CIFAR-10 training-set statistics.
-  config.data.mean = (125.31, 122.95, 113.87)
-  config.data.std = (62.99, 62.09, 66.70)
+  # Per-channel normalisation, in [0, 255] pixel units. None: the training-set statistics that
+  # the dataset's record holds (resnet_jax/data/datasets.py), filled in at train time.
+  config.data.mean = ml_collections.config_dict.placeholder(tuple)
+  config.data.std = ml_collections.config_dict.placeholder(tuple)
   # 'grain': decode, augment and batch on the host (resnet_jax/data/pipeline.py), any dataset.
   # 'device': the train split decoded once into uint8 on every device, each step's batch gathered,
   # cropped, flipped and normalised inside the jitted step (resnet_jax/data/device.py); only for

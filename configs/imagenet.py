@@ -21,7 +21,6 @@ def get_config(arg: str | None = None):
   config = default.get_config()
   config.model.family = 'imagenet'
   config.model.depth = 50
-  config.model.num_classes = 1000
   config.model.dtype = 'bfloat16'
   config.model.zero_init_last = True
   cifar10.apply_model_args(config, cifar10.parse_arg(arg))
@@ -31,8 +30,6 @@ def get_config(arg: str | None = None):
   config.data.eval_split = 'validation'
   config.data.image_size = 224
   config.data.augment = 'inception'
-  config.data.mean = (123.675, 116.28, 103.53)
-  config.data.std = (58.395, 57.12, 57.375)
   config.data.worker_count = 16
 
   config.batch_size = 1024

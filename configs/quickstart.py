@@ -17,13 +17,9 @@ def get_config():
   config.model.shortcut = 'B'
 
   config.data.dataset = 'digits'
-  config.data.image_size = 8
   # Pad-and-crop without the flip (a mirrored digit is another glyph), by at most one pixel.
   config.data.augment = 'shift'
   config.data.pad = 1
-  # Mean and std of the training digits scaled to 0..255 (resnet_jax/data/digits.py).
-  config.data.mean = (77.89,)
-  config.data.std = (95.71,)
 
   config.batch_size = 128
   config.eval_batch_size = 360

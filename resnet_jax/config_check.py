@@ -12,7 +12,8 @@ import os
 import ml_collections
 
 from configs import default
-from resnet_jax import parallel
+from resnet_jax import models, parallel
+from resnet_jax.data import datasets, device
 from resnet_jax.errors import UserError
 from resnet_jax.train import optim
 
@@ -21,19 +22,10 @@ class ConfigError(UserError, ValueError):
   """A config value that cannot work."""
 
 
-PIPELINES = ('grain', 'device')
-# config.data.pipeline='device' keeps the whole train split on every device as uint8 (150 MB for
-# CIFAR), so only small datasets of fixed-size images can use it, with the augmentations that
-# resnet_jax/data/device.py implements in the jitted step.
-DEVICE_PIPELINE_DATASETS = ('cifar10', 'cifar100', 'digits')
-DEVICE_PIPELINE_AUGMENTATIONS = ('cifar', 'shift', 'none')
-
-
 def _choice(config, key: str, allowed) -> None:
-  value = config
-  for part in key.split('.'):
-    value = value[part]
-  if value not in allowed:
+  value = _get(config, key)
+  # None stands only where configs/default.py has a placeholder (check_structure): derived later.
+  if value is not None and value not in allowed:
     raise ConfigError(f'config.{key}={value!r} is not allowed; choose one of {tuple(allowed)}.')
 
 
@@ -144,8 +136,10 @@ _RANGES = (
     ('data.pad', lambda v: v >= 0, 'must be >= 0 (pixels of padding before the random crop)'),
     ('data.crop_fraction', lambda v: 0 < v <= 1,
      'must be in (0, 1] (the share of the resized image that the eval crop keeps)'),
-    ('data.std', lambda v: all(s > 0 for s in v),
-     'every value must be > 0 (the pixels are divided by it)'),
+    ('data.mean', lambda v: len(v) > 0 and all(map(_is_number, v)),
+     'must hold numbers only, one per image channel'),
+    ('data.std', lambda v: len(v) > 0 and all(_is_number(s) and s > 0 for s in v),
+     'must hold numbers > 0 only, one per image channel (the pixels are divided by them)'),
     ('data.worker_count', lambda v: v >= 0, 'must be >= 0 (0 loads in the main process)'),
 )
 
@@ -159,7 +153,7 @@ def _get(config, key: str):
 def validate(config) -> None:
   """Raises ConfigError for the first value that is missing, of the wrong type or out of range.
 
-  `config` is the final config of a run, with the keys that resnet_jax.recipes derives filled in.
+  The keys that resnet_jax.recipes.finalize derives may still be None; the rest must be set.
   """
   check_structure(config)
   found = _non_finite(config)
@@ -171,35 +165,46 @@ def validate(config) -> None:
   _choice(config, 'lr_schedule', optim.SCHEDULES)
   _choice(config, 'warmup_mode', optim.WARMUP_MODES)
   _choice(config, 'distributed.initialize', ('auto', 'on', 'off'))
-  _choice(config, 'data.pipeline', PIPELINES)
+  _choice(config, 'data.pipeline', datasets.PIPELINES)
   if config.data.pipeline == 'device':
-    _check(config.data.dataset in DEVICE_PIPELINE_DATASETS, 'data.pipeline', 'device',
-           f'keeps the whole train split on every device, which only '
-           f'{DEVICE_PIPELINE_DATASETS} are small enough for; read '
-           f"config.data.dataset={config.data.dataset!r} with --config.data.pipeline=grain")
-    _check(config.data.augment in DEVICE_PIPELINE_AUGMENTATIONS, 'data.pipeline', 'device',
-           f'augments in the train step with {DEVICE_PIPELINE_AUGMENTATIONS} only, not '
+    record = datasets.get(config.data.dataset)
+    small = tuple(n for n, d in datasets.TABLE.items() if 'device' in d.pipelines)
+    _check(record is not None and 'device' in record.pipelines, 'data.pipeline', 'device',
+           f'keeps the whole train split on every device, which only {small} are small enough '
+           f"for; read config.data.dataset={config.data.dataset!r} with "
+           '--config.data.pipeline=grain')
+    _check(config.data.augment in device.AUGMENTATIONS, 'data.pipeline', 'device',
+           f'augments in the train step with {device.AUGMENTATIONS} only, not '
            f"config.data.augment={config.data.augment!r}; use --config.data.pipeline=grain")
   for key, test, requirement in _RANGES:
     value = _get(config, key)
-    if value is None:
-      raise ConfigError(f'config.{key} is None but must be set: it {requirement}.')
-    _check(test(value), key, value, requirement)
+    if value is not None:  # None only for the derived keys (check_structure), set by finalize.
+      _check(test(value), key, value, requirement)
   if config.num_epochs <= 0:
     _check(config.num_train_steps > 0, 'num_train_steps', config.num_train_steps,
            'must be positive (or set config.num_epochs > 0)')
-  boundaries = list(config.lr_boundaries)
-  _check(boundaries == sorted(boundaries) and all(b > config.warmup_steps for b in boundaries),
-         'lr_boundaries', tuple(boundaries),
-         f'must be increasing steps after the warm-up (warmup_steps={config.warmup_steps})')
-  mean, std = tuple(config.data.mean), tuple(config.data.std)
-  _check(len(mean) == len(std) > 0, 'data.mean', mean,
-         f'needs one value per image channel, as many as config.data.std={std}')
+  check_boundaries(config)
+  mean, std = config.data.mean, config.data.std
+  if mean is not None and std is not None:
+    _check(len(mean) == len(std), 'data.mean', tuple(mean),
+           f'needs one value per image channel, as many as config.data.std={tuple(std)}')
+  try:  # Any backend will do for the check: it must not start JAX's (XLA_FLAGS come first).
+    models.from_config(config.model, backend='cpu')
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None
   # Whether the file or workdir exists and fits the model is checked when a fresh run starts
   # (resnet_jax/train/init_from.py): a resumed run never reads it again.
   _check(config.init_from is None or bool(config.init_from.strip()), 'init_from',
          config.init_from, "must name a weight file or a workdir ('runs/x', 'runs/x:1200'), or "
          'be None to start from a random init')
+
+
+def check_boundaries(config) -> None:
+  """lr_boundaries increase, and lie after the warm-up once warmup_steps is known."""
+  boundaries, warmup = list(config.lr_boundaries), config.warmup_steps
+  _check(boundaries == sorted(boundaries) and all(b > (warmup or 0) for b in boundaries),
+         'lr_boundaries', tuple(boundaries),
+         f'must be increasing steps after the warm-up (warmup_steps={warmup})')
 
 
 def check_init_from_path(config, path: str) -> None:
@@ -213,7 +218,7 @@ def check_init_from_path(config, path: str) -> None:
 
 def check_init_from_fits(config, problems: list[str], head: str = 'params/head/') -> None:
   """Raises ConfigError if the weights of config.init_from do not fit the model: `problems` are
-  their differences (resnet_jax.models.pretrained.differences), the first few of which it names.
+  their differences (resnet_jax.models.weight_file.differences), the first few of which it names.
   With config.init_head=False the classifier (`head`) may differ: it is not loaded."""
   if not config.init_head:
     problems = [p for p in problems if not p.startswith(head)]

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 from configs import cifar10
 from resnet_jax import config_check, recipes
-from resnet_jax.train import loop
+from resnet_jax.train import run
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py') if p.name != '__init__.py')
@@ -29,10 +29,9 @@ def test_config_validates_and_its_docstring_gives_a_command(name):
 @pytest.mark.parametrize('name', [n for n in CONFIGS if n not in ('cifar10.py', 'cifar100.py')])
 def test_config_builds_its_model(name):
   config = config_flags.config_flags._LoadConfigModule(name, str(CONFIG_DIR / name)).get_config()
-  model = loop.create_model(config, sync_batch_stats=False)
-  size = config.data.image_size
-  channels = 1 if config.data.dataset == 'digits' else 3
-  out = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, channels)),
+  prepared = run.prepare(config, open_data=False)
+  model = run.model(prepared.config)
+  out = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *prepared.image_shape)),
                                           train=False))
   assert out['params']
 

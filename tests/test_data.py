@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import quickstart
-from resnet_jax import data
+from resnet_jax import data, recipes
 from resnet_jax.train import step as step_lib
 from resnet_jax.data import digits
 
@@ -25,8 +25,9 @@ NUM_TRAIN, NUM_TEST = 1437, 360
 
 
 def digits_config(**overrides):
-  """config.data as configs/quickstart.py ships it, without augmentation unless asked."""
-  config = quickstart.get_config().data
+  """config.data of configs/quickstart.py as a run finalises it (the statistics from the dataset
+  table), without augmentation unless asked."""
+  config = recipes.finalize(quickstart.get_config()).data
   config.augment = 'none'
   config.update(overrides)
   return config
@@ -229,7 +230,7 @@ def test_two_worker_processes_cover_the_eval_split_exactly_once(absl_flags_parse
     ({'augment': 'autoaugment'}, {}, 'Unknown config.data.augment'),
     ({'train_split': 'validation'}, {}, "Bad split 'validation'"),
     ({'train_split': 'train[:5000]'}, {}, 'incompatible with 1437 examples'),
-    ({'mean': (0.5, 0.5, 0.5)}, {}, 'need 1 values'),
+    ({'mean': (0.5, 0.5, 0.5)}, {}, 'needs one value per image channel'),
     ({'image_size': 32}, {}, 'image_size=32'),
     ({'image_size': 32, 'augment': 'cifar'}, {}, 'image_size=32'),
 ])

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs import cifar10
-from resnet_jax import data
+from resnet_jax import data, recipes
+from resnet_jax.train import optim, run
 from resnet_jax.train import step as step_lib
 
 
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def cifar10_config(**overrides):
-  """config.data as configs/cifar10.py ships it, with the data directory found above."""
-  config = cifar10.get_config().data
+  """config.data of configs/cifar10.py as a run finalises it, with the data directory found
+  above."""
+  config = recipes.finalize(cifar10.get_config()).data
   config.data_dir = DATA_DIR
   config.update(overrides)
   return config
@@ -53,6 +55,17 @@ def test_the_papers_45k_5k_validation_split_is_two_split_strings():
   info = data.dataset_info(cifar10_config(train_split='train[:45000]',
                                           eval_split='train[45000:]'))
   assert (info.num_train, info.num_eval) == (45_000, 5_000)
+
+
+def test_a_run_on_the_45k_split_counts_its_epochs_in_45k_examples():
+  config = cifar10.get_config()
+  config.data.update(data_dir=DATA_DIR, train_split='train[:45000]', eval_split='train[45000:]')
+  config.update(num_epochs=2.0, warmup_epochs=1.0, eval_every_epochs=0.5)
+  prepared = run.prepare(config)
+  assert prepared.info.num_train == prepared.num_train == 45_000
+  final = prepared.config
+  assert (final.warmup_steps, final.eval_every_steps) == (45_000 // 128, 22_500 // 128)
+  assert optim.num_train_steps(final, prepared.num_train) == 2 * 45_000 // 128
 
 
 @pytest.mark.parametrize('process_count', [1, 2])
@@ -128,7 +141,7 @@ def test_pipeline_never_imports_tensorflow():
   script = textwrap.dedent(f"""
       import sys
       import ml_collections
-      from resnet_jax import data
+      from resnet_jax import data, recipes
       config = ml_collections.ConfigDict({cifar10_config().to_dict()!r})
       data.dataset_info(config)
       train = data.create_train_iterator(config, global_batch_size=128, seed=0)

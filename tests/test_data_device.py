@@ -17,8 +17,8 @@ import pytest
 
 from configs import cifar10_resnet20, quickstart
 from resnet_jax import config_check, parallel, recipes
-from resnet_jax.data import augment, device
-from resnet_jax.train import loop, optim, step as step_lib
+from resnet_jax.data import augment, datasets, device
+from resnet_jax.train import loop, optim, run, step as step_lib
 from resnet_jax.train.state import create_train_state
 from tests import helpers
 
@@ -157,7 +157,7 @@ def _train_steps(backend, num_devices):
   split = device.load_split(config.data, config.data.train_split)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100))
   state = par.init_replicated(functools.partial(
-      create_train_state, model=loop.create_model(config, True), tx=tx, image_shape=(8, 8, 1)),
+      create_train_state, model=run.model(config, True), tx=tx, image_shape=(8, 8, 1)),
       jax.random.key_data(jax.random.key(config.seed)))
   p_step = par.map(device.gathered(step_lib.configured_train_step(config), config.data,
                                    config.seed),
@@ -227,7 +227,7 @@ def _validated(**data):
   config = quickstart.get_config()
   for key, value in data.items():
     config.data[key] = value
-  config_check.validate(recipes.finalize(config))
+  run.prepare(config, open_data=False)
 
 
 @pytest.mark.parametrize('data,words', [
@@ -247,7 +247,7 @@ def test_config_errors_name_the_key_the_value_and_what_is_allowed(data, words):
 
 
 def test_the_device_path_accepts_the_in_memory_datasets():
-  for dataset in config_check.DEVICE_PIPELINE_DATASETS:
+  for dataset in [n for n, d in datasets.TABLE.items() if 'device' in d.pipelines]:
     _validated(pipeline='device', dataset=dataset)
 
 

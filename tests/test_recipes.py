@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from configs import cifar10, cifar10_resnet20, imagenet_resnet50
 from resnet_jax import config_check, recipes
+from resnet_jax.data import datasets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 IMAGENET_TRAIN = 1_281_167
@@ -145,6 +146,7 @@ def test_an_unknown_recipe_names_the_key_the_value_and_the_choices(value):
 def test_epochs_of_an_unknown_dataset_ask_for_steps():
   config = imagenet_resnet50.get_config()
   config.data.dataset = 'my_dataset'
+  config.data.mean, config.data.std, config.model.num_classes = (0.0,) * 3, (1.0,) * 3, 5
   with pytest.raises(config_check.ConfigError,
                      match=re.escape("config.warmup_epochs=5.0 needs the size of the training set, "
                                      "which is not known for config.data.dataset='my_dataset'")):
@@ -156,4 +158,33 @@ def test_a_negative_interval_in_epochs_is_an_error():
   config.eval_every_epochs = -1.0
   with pytest.raises(config_check.ConfigError,
                      match=re.escape('config.eval_every_epochs=-1.0: must be >= 0')):
+    recipes.finalize(config)
+
+
+def test_epochs_count_the_examples_of_the_configured_split():
+  # The README's validation split: every key in epochs counts 45,000 examples, num_epochs too.
+  config = _command_line(_file('cifar10.py'), "--config.data.train_split=train[:45000]",
+                         '--config.data.eval_split=train[45000:]', '--config.num_epochs=2',
+                         '--config.warmup_epochs=1', '--config.eval_every_epochs=0.5')
+  final = recipes.finalize(config)
+  assert (final.warmup_steps, final.eval_every_steps) == (45_000 // 128, 22_500 // 128)
+  assert recipes.train_split_size(final) == 45_000
+
+
+def test_the_data_keys_follow_the_dataset_that_the_final_config_names():
+  final = recipes.finalize(_command_line(_file('cifar10.py'), '--config.data.dataset=cifar100'))
+  record = datasets.TABLE['cifar100']
+  assert (final.model.num_classes, tuple(final.data.mean), tuple(final.data.std)) == (
+      100, record.mean, record.std)
+  assert final.data.image_size == 32
+  given = recipes.finalize(_command_line(_file('cifar10.py'), '--config.data.mean=(1.,2.,3.)'))
+  assert tuple(given.data.mean) == (1.0, 2.0, 3.0)  # A value set wins.
+
+
+def test_a_dataset_outside_the_table_needs_its_statistics_set():
+  config = cifar10.get_config()
+  config.data.dataset = 'svhn_cropped'
+  with pytest.raises(config_check.ConfigError, match=re.escape(
+      "config.data.mean is None, and the dataset 'svhn_cropped' is not in "
+      'resnet_jax/data/datasets.py to take it from; set --config.data.mean.')):
     recipes.finalize(config)

@@ -4,9 +4,11 @@
   train_iter = data.create_train_iterator(config.data, global_batch_size=..., seed=...)
   for batch in data.create_eval_iterator(config.data, global_batch_size=...): ...
 
-The device data path (config.data.pipeline='device') is `data.device`.
+The device data path (config.data.pipeline='device') is `data.device`; the facts of each dataset
+are in `data.datasets`.
 """
 
+from resnet_jax.data import datasets
 from resnet_jax.data import device
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.pipeline import AUGMENTATIONS
@@ -23,6 +25,7 @@ __all__ = [
     'create_eval_iterator',
     'create_train_iterator',
     'dataset_info',
+    'datasets',
     'device',
     'open_source',
 ]

@@ -36,6 +36,8 @@ from resnet_jax.data.errors import DataError
 # Keeps the augmentation stream apart from the streams that jax.random.key(seed) itself starts
 # (the initial weights, stochastic depth).
 _AUGMENT_STREAM = 0x61756731
+# The augmentations `augment` implements inside the jitted step.
+AUGMENTATIONS = ('cifar', 'shift', 'none')
 
 
 def load_split(config, split: str) -> dict[str, np.ndarray]:
@@ -126,7 +128,7 @@ def augment(images: jax.Array, positions: jax.Array, *, key: jax.Array, mode: st
     if mode == 'shift':  # Pad and crop without the flip (a mirrored digit is another glyph).
       flip = jnp.zeros_like(flip)
     images = jax.vmap(crop_and_flip, in_axes=(0, 0, 0, 0, None))(images, top, left, flip, pad)
-  elif mode != 'none':
+  elif mode not in AUGMENTATIONS:
     raise ValueError(f'the device data path does not implement augment={mode!r}')
   return images
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from resnet_jax.data import augment
-from resnet_jax.data import digits
+from resnet_jax.data import datasets
 from resnet_jax.data.errors import DataError
 
 
@@ -39,10 +39,11 @@ def preprocess(image: np.ndarray, image_size: int, mean, std, crop_fraction: flo
 
 
 def class_names(dataset: str, data_dir: str | None = None) -> list[str] | None:
-  """The names of a dataset's labels: '0'..'9' for the digits, tfds's label names otherwise
-  (from the prepared dataset's metadata; nothing is downloaded); None if they are not there."""
-  if dataset == 'digits':
-    return [str(i) for i in range(digits.NUM_CLASSES)]
+  """The names of a dataset's labels: the table's (resnet_jax/data/datasets.py), else tfds's (from
+  the prepared dataset's metadata; nothing is downloaded); None if they are not there."""
+  record = datasets.get(dataset)
+  if record is not None and record.class_names is not None:
+    return list(record.class_names)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return list(tfds.builder(dataset, data_dir=data_dir).info.features['label'].names)

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 
 from resnet_jax.data import augment
+from resnet_jax.data import datasets
 from resnet_jax.data import digits
 from resnet_jax.data import integrity
 from resnet_jax.data.errors import DataError, empty_split_message
@@ -75,7 +76,8 @@ def _open_tfds(name, split, data_dir):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(
-        f"Unknown dataset {name!r}: it is neither 'digits' nor a tfds dataset name."
+        f'Unknown dataset {name!r}: it is neither in resnet_jax/data/datasets.py nor a tfds '
+        'dataset name.'
     ) from None
   except Exception as e:  # pylint: disable=broad-except  # Diagnosed below, as one line.
     raise _open_error(name, split, data_dir, e) from e
@@ -136,11 +138,11 @@ class TfdsSource:
 
 
 def open_source(config, split):
-  """The random-access source of `split` of `config.dataset` (a tfds name or 'digits')."""
-  if config.dataset == 'digits':
-    source = digits.DigitsSource(split)
-    source.num_classes, source.image_shape = digits.NUM_CLASSES, digits.IMAGE_SHAPE
-    return source
+  """The random-access source of `split` of `config.dataset`, a dataset of the table
+  (resnet_jax/data/datasets.py) or any tfds name."""
+  record = datasets.get(config.dataset)
+  if record is not None and record.source == 'sklearn':
+    return digits.DigitsSource(split)
   return TfdsSource(config.dataset, split, config.data_dir)
 
 
@@ -161,8 +163,16 @@ class _Padded:
     return f'Padded({self._source!r}, length={self._length})'
 
 
-def _is_fixed(source, size):
-  return tuple(source.image_shape[:2]) == (size, size)
+def image_size(config, source) -> int:
+  """config.image_size, or where it is None (before resnet_jax.recipes.finalize) the size of
+  fixed-size images as stored."""
+  height, width = source.image_shape[:2]
+  if config.image_size is not None:
+    return config.image_size
+  if height is None or height != width:
+    raise DataError(f'{config.dataset!r} images are not of one square size, so '
+                    'config.data.image_size must be set, e.g. --config.data.image_size=224.')
+  return height
 
 
 def _check(config, source):
@@ -170,37 +180,40 @@ def _check(config, source):
     raise DataError(
         f'Unknown config.data.augment={config.augment!r}; choose one of {AUGMENTATIONS}.')
   channels = source.image_shape[-1]
-  if not len(config.mean) == len(config.std) == channels:
-    raise DataError(
-        f'config.data.mean and std need {channels} values (one per channel of '
-        f'{config.dataset!r}); got mean={tuple(config.mean)} std={tuple(config.std)}.')
+  for key in ('mean', 'std'):
+    if config[key] is not None and len(config[key]) != channels:
+      raise DataError(f'config.data.{key}={tuple(config[key])} needs one value per image '
+                      f'channel; {config.dataset!r} images have {channels}.')
   height, width = source.image_shape[:2]
+  size = image_size(config, source)
   if height is None or width is None:
     if config.augment in ('cifar', 'shift'):
       raise DataError(
           f'augment={config.augment!r} pads and crops fixed-size images, but '
           f"{config.dataset!r} images vary in size; use augment='inception' or 'none'.")
-  elif (height, width) != (config.image_size,) * 2 and config.augment != 'inception':
+  elif (height, width) != (size, size) and config.augment != 'inception':
     # Only the inception crop resizes on purpose; anything else is a forgotten image_size.
     raise DataError(
         f'{config.dataset!r} images are {height}x{width} but config.data.image_size='
-        f'{config.image_size}; set --config.data.image_size={height}.')
+        f'{size}; set --config.data.image_size={height}.')
 
 
 def _eval_ops(config, source):
   """The deterministic view: as stored if already image_size, else resize + centre crop."""
-  if _is_fixed(source, config.image_size):
+  size = image_size(config, source)
+  if tuple(source.image_shape[:2]) == (size, size):
     return []
-  return [augment.CenterCrop(config.image_size, config.crop_fraction)]
+  return [augment.CenterCrop(size, config.crop_fraction)]
 
 
 def _train_ops(config, source):
+  size = image_size(config, source)
   if config.augment == 'cifar':
-    return [augment.RandomPadCrop(config.image_size, config.pad), augment.RandomFlip()]
+    return [augment.RandomPadCrop(size, config.pad), augment.RandomFlip()]
   if config.augment == 'shift':  # Pad and crop without the flip, for digits.
-    return [augment.RandomPadCrop(config.image_size, config.pad)]
+    return [augment.RandomPadCrop(size, config.pad)]
   if config.augment == 'inception':
-    return [augment.InceptionCrop(config.image_size), augment.RandomFlip()]
+    return [augment.InceptionCrop(size), augment.RandomFlip()]
   return _eval_ops(config, source)
 
 
@@ -236,10 +249,10 @@ def dataset_info(config):
   _check(config, train)
   for source in (train, test):
     _check_readable(config, source)
-  channels = train.image_shape[-1]
+  size = image_size(config, train)
   return DatasetInfo(
       num_classes=train.num_classes,
-      image_shape=(config.image_size, config.image_size, channels),
+      image_shape=(size, size, train.image_shape[-1]),
       num_train=len(train),
       num_eval=len(test),
   )

@@ -5,9 +5,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models import layers
+from resnet_jax.models import layers, placements
 from resnet_jax.models.resnet import FAMILIES, SHORTCUTS, ResNet
-from resnet_jax.models.units import PLACEMENTS
 
 # scan=None picks nn.scan per backend, when the model is created (jax.default_backend()):
 # - Accelerators (GPU, TPU) scan the nets where a stage has more than SCAN_AUTO_MIN_REPEATS - 1
@@ -16,11 +15,8 @@ from resnet_jax.models.units import PLACEMENTS
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
 # - On CPU an unrolled net trains faster at every depth measured, in both dtypes (2 cores, batch
 #   128, unrolled over scanned img/s: float32 ResNet-20 1.06, 56 1.08, 110 1.14 with the unit
-#   fence that float32 nets get on CPU; bfloat16 ResNet-110 1.45; docs/benchmarks.md).
-#   (Before the fence, XLA:CPU recomputed a stage's residual stream in every unrolled unit's
-#   backward pass, and scanned float32 stages, which store each unit's output, were faster:
-#   layers.fusion_fence.) So the CPU scans only where an unrolled net takes minutes to
-#   compile: stages of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more, CIFAR 1001 and 1202
+#   fence that float32 nets get on CPU, layers.fusion_fence; bfloat16 ResNet-110 1.45;
+#   docs/benchmarks.md). So the CPU scans only where an unrolled net takes minutes to compile: stages of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more, CIFAR 1001 and 1202
 #   (pre-activation ResNet-1001 unrolled: 457 s to init, lower and compile at batch 128;
 #   scanned: 9 s at batch 32). Its scanned stages use canonical_conv_grads (layers).
 # An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
@@ -75,7 +71,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
                  width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1,
                  remat=False, canonical_conv_grads=None, unit_fence=None,
                  zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
-                 axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5) -> ResNet:
+                 axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5, backend=None) -> ResNet:
   """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
 
   Args:
@@ -83,8 +79,8 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       and max-pool, widths 64/128/256/512).
     depth: cifar: 20, 32, 44, 56, 110, 1202 (basic) or 164, 1001 (bottleneck);
       imagenet: 18, 34 (basic) or 50, 101, 152, 200 (bottleneck).
-    placement: where BN and ReLU sit in a unit, Identity Mappings Fig. 4 (a)-(e): 'original',
-      'bn_after_add', 'relu_before_add', 'relu_only_preact' or 'full_preact'.
+    placement: where BN and ReLU sit in a unit, Identity Mappings Fig. 4 (a)-(e): a name of
+      resnet_jax.models.PLACEMENTS (models/placements.py).
     shortcut: 'A' (parameter-free: subsample and zero-pad), 'B' (projection where the shape
       changes), 'C' (projection everywhere) or 'none' (the 2015 paper's plain nets). None: A for
       CIFAR basic nets (2015), B for CIFAR bottleneck and all ImageNet nets.
@@ -118,6 +114,9 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       the first 1x1, as the authors' code for ResNet-164/1001 does (resnet-1k-layers).
     axis_name: a named axis (pmap or shard_map) over which BN averages its batch statistics.
     bn_momentum, bn_epsilon: BN running-average momentum (flax convention) and epsilon.
+    backend: the backend ('cpu', 'gpu', 'tpu') for which scan, canonical_conv_grads and
+      unit_fence left at None are chosen; None asks jax.default_backend(), which starts JAX's
+      backends (config_check names one, so that it can run before XLA_FLAGS are set).
   """
   _check_choice('family', family, tuple(FAMILIES))
   spec = FAMILIES[family]
@@ -125,7 +124,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     raise ValueError(f'depth={depth!r} is not a {family} depth; the allowed depths are '
                      f'{_allowed_depths(family)}')
   block, stage_sizes = spec.depths[depth]
-  _check_choice('placement', placement, PLACEMENTS)
+  placements.get(placement)
   if shortcut is None:
     shortcut = 'A' if (family == 'cifar' and block == 'basic') else 'B'
   _check_choice('shortcut', shortcut, SHORTCUTS)
@@ -164,14 +163,16 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     raise ValueError(f'bn_momentum={bn_momentum!r} must be in [0, 1)')
   if not bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
-  if scan is None:
-    scan = scan_by_default(stage_sizes)
   _check_bool('canonical_conv_grads', canonical_conv_grads, allow_none=True)
-  if canonical_conv_grads is None:
-    canonical_conv_grads = jax.default_backend() == 'cpu'
   _check_bool('unit_fence', unit_fence, allow_none=True)
+  if None in (scan, canonical_conv_grads, unit_fence):
+    backend = backend or jax.default_backend()
+  if scan is None:
+    scan = scan_by_default(stage_sizes, backend)
+  if canonical_conv_grads is None:
+    canonical_conv_grads = backend == 'cpu'
   if unit_fence is None:
-    unit_fence = fence_by_default(dtype=dtype)
+    unit_fence = fence_by_default(backend, dtype)
 
   return ResNet(
       stage_sizes=stage_sizes, widths=widths, strides=spec.strides,
@@ -182,3 +183,15 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       zero_init_last=zero_init_last, stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
       stride_in_3x3=stride_in_3x3 if family == 'imagenet' else False, axis_name=axis_name,
       bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon))
+
+
+def from_config(model_config, **overrides) -> ResNet:
+  """The net of a run config's `model` block (or a weight file's record of it): create_model
+  with its keys as arguments, `overrides` replacing some (e.g. axis_name, scan). ValueError
+  names the argument that cannot work."""
+  kwargs = {**dict(model_config), **overrides}
+  try:
+    family, depth = kwargs.pop('family'), kwargs.pop('depth')
+    return create_model(family, depth, **kwargs)
+  except (KeyError, TypeError) as e:  # A missing key or one create_model does not take.
+    raise ValueError(f'{type(e).__name__}: {e}') from None

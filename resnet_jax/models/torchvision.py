@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.models.factory import create_model
-from resnet_jax.models.pretrained import describe, differences, flatten, unflatten
+from resnet_jax.models.weight_file import describe, differences, flatten, unflatten
 
 ARCHS = {'resnet18': 18, 'resnet34': 34, 'resnet50': 50, 'resnet101': 101, 'resnet152': 152}
 

@@ -20,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from resnet_jax.models.factory import create_model
+from resnet_jax.models.factory import from_config
 from resnet_jax.models.resnet import scan_to_unrolled, unrolled_to_scan
 
 FORMAT = 'resnet_jax'
@@ -127,12 +127,6 @@ def read_pretrained(path: str) -> Pretrained:
                     unflatten(tensors))
 
 
-def model_from_config(model_config: dict, **overrides):
-  """create_model from a weight file's 'model' metadata; `overrides` replace keys of it."""
-  kwargs = {**model_config, **overrides}
-  return create_model(kwargs.pop('family'), kwargs.pop('depth'), **kwargs)
-
-
 def check_fits(variables: dict, model, image_shape=(32, 32, 3)) -> list[str]:
   """The differences between unrolled `variables` and what `model` needs, e.g.
   ['params/head/kernel has shape (64, 5) in the weights, (64, 10) in the net']; [] if none."""
@@ -168,7 +162,7 @@ def load_pretrained(path: str, **overrides):
 def build(pretrained: Pretrained, path: str = 'the weight file', **overrides):
   """load_pretrained for a file read already."""
   try:
-    model = model_from_config(pretrained.model_config, **overrides)
+    model = from_config(pretrained.model_config, **overrides)
   except (TypeError, ValueError) as e:
     raise PretrainedError(f'{path}: its model config cannot be built ({e})') from None
   channels = len(pretrained.data_config.get('mean', (0, 0, 0)))
