@@ -6,6 +6,7 @@ flag or key (exit code 2), not in a traceback or a dump of every flag.
 """
 
 import difflib
+import functools
 import importlib.machinery
 import importlib.util
 import inspect
@@ -19,7 +20,32 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax.config_check import TYPE_NAMES, ConfigError, check_structure
-from resnet_jax.errors import UserError
+from resnet_jax.errors import RunError, UserError
+
+
+def one_line_errors(main):
+  """A command's main, whose UserError (a bad input) or RunError (a failed run) ends the process
+  with one line `error: <message>` and the exception's exit code (2 or 1), not a traceback."""
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except (UserError, RunError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(e.exit_code)
+  return wrapped
+
+
+def check_output_file(flag: str, path: str) -> None:
+  """A path a command can write its file to, or a UserError naming the flag."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f'{flag}={path} is a directory; give a file name, e.g. '
+                    f'{os.path.join(path, "model.safetensors")}.')
+  if not os.path.isdir(folder):
+    raise UserError(f'{flag}={path}: the directory {folder} does not exist.')
+  if not os.access(folder, os.W_OK):
+    raise UserError(f'{flag}={path}: the directory {folder} is not writable.')
 
 
 def _similar_file(path: str) -> str:

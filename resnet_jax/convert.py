@@ -11,12 +11,10 @@ torchvision publishes. OUT is read by resnet_jax.models.load_pretrained, resnet_
 """
 
 import os
-import sys
 
 from absl import app, flags
 
 from resnet_jax import cli, errors
-from resnet_jax.export import check_out
 
 FLAGS = flags.FLAGS
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -90,7 +88,7 @@ def convert(source: str, arch: str, in_path: str, out: str,
     raise errors.UserError(f'--from={source}: only torchvision weights are converted.')
   if not 0 < crop_fraction <= 1:
     raise errors.UserError(f'--crop_fraction={crop_fraction} must be in (0, 1].')
-  check_out(out)
+  cli.check_output_file('OUT', out)
   if os.path.abspath(out) == os.path.abspath(in_path):
     raise errors.UserError(f'OUT {out} is IN: give another file name for the converted weights.')
   state_dict = read_state_dict(in_path)
@@ -98,7 +96,7 @@ def convert(source: str, arch: str, in_path: str, out: str,
     model_config, variables = tv.from_torchvision(state_dict, arch)
   except ValueError as e:
     raise errors.UserError(f'{in_path}: {e}; is --arch={arch} right?') from None
-  model = models.pretrained.model_from_config(model_config, scan=False)
+  model = models.from_config(model_config, scan=False)
   models.save_pretrained(out, variables, model, model_config, tv.data_config(crop_fraction),
                          _imagenet_class_names(model_config['num_classes']),
                          source=f'torchvision {arch} from {os.path.basename(in_path)}')
@@ -107,17 +105,14 @@ def convert(source: str, arch: str, in_path: str, out: str,
           f'{model_config["num_classes"]} classes, {count:,} parameters')
 
 
+@cli.one_line_errors
 def main(argv):
   cli.quiet_library_logs()
-  try:
-    if len(argv) != 3:
-      raise errors.UserError(
-          f'give IN and OUT after the flags ({len(argv) - 1} arguments given), e.g. python -m '
-          'resnet_jax.convert --from=torchvision --arch=resnet50 resnet50.pth resnet50.safetensors')
-    print(convert(FLAGS['from'].value, FLAGS.arch, argv[1], argv[2], FLAGS.crop_fraction))
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  if len(argv) != 3:
+    raise errors.UserError(
+        f'give IN and OUT after the flags ({len(argv) - 1} arguments given), e.g. python -m '
+        'resnet_jax.convert --from=torchvision --arch=resnet50 resnet50.pth resnet50.safetensors')
+  print(convert(FLAGS['from'].value, FLAGS.arch, argv[1], argv[2], FLAGS.crop_fraction))
 
 
 if __name__ == '__main__':

@@ -47,22 +47,20 @@ class EvalState:
   apply_fn: Callable = flax.struct.field(pytree_node=False)
 
 
-def evaluate(weights, split: str, eval_batch_size: int, devices=None) -> dict:
+def evaluate_weights(weights, split: str, eval_batch_size: int, devices=None) -> dict:
   """{'eval/accuracy', 'eval/top5_accuracy', 'eval/loss', 'eval/num_examples'} of `weights`
   (resnet_jax.train.trained.Weights) on `split` of its dataset, on all (or `devices`) devices."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from resnet_jax import data, parallel  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import loop, step as step_lib  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict({'data': weights.data.to_dict(),
-                                      'eval_batch_size': eval_batch_size})
-  config.data.eval_split = split
+  data_config = weights.data.copy_and_resolve_references()
+  data_config.eval_split = split
   try:
-    source = data.open_source(config.data, split)
+    source = data.open_source(data_config, split)
   except data.DataError as e:
     raise errors.UserError(f'--split={split}: {e}') from None
   if source.num_classes != weights.model.num_classes:
     raise errors.UserError(
-        f'the net has {weights.model.num_classes} classes and {config.data.dataset!r} has '
+        f'the net has {weights.model.num_classes} classes and {data_config.dataset!r} has '
         f'{source.num_classes}: it was not trained on this dataset.')
   par = parallel.DataParallel('shard_map', devices)
   if eval_batch_size <= 0:
@@ -70,7 +68,8 @@ def evaluate(weights, split: str, eval_batch_size: int, devices=None) -> dict:
   parallel.check_batch_size('eval_batch_size', eval_batch_size, par.num_devices)
   state = par.replicate(EvalState(weights.variables['params'],
                                   weights.variables.get('batch_stats', {}), weights.model.apply))
-  result = loop.evaluate(par.map(step_lib.configured_eval_step(config)), state, config, par)
+  p_eval_step = par.map(step_lib.normalised(step_lib.eval_step, data_config))
+  result = loop.evaluate_split(p_eval_step, state, data_config, eval_batch_size, par)
   return {k: float(v) if k != 'eval/num_examples' else int(v) for k, v in result.items()}
 
 
@@ -79,25 +78,16 @@ def result_path(workdir: str, split: str, step: int) -> str:
   return os.path.join(workdir, f'eval_{re.sub(r"[^A-Za-z0-9._-]", "_", split)}_{step}.json')
 
 
-def open_weights(workdir, model_file, checkpoint):
-  """trained.open_weights, its errors worded for the flags of the command lines."""
-  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
-  try:
-    return trained.open_weights(workdir, model_file, checkpoint)
-  except trained.RunReadError as e:
-    subject = f'--checkpoint={checkpoint}' if e.about == 'checkpoint' else f'--workdir={workdir}'
-    raise errors.UserError(f'{subject} {e}') from None
-
-
 def run(workdir, model_file, checkpoint, split, data_dir, eval_batch_size) -> dict:
+  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  weights = open_weights(workdir, model_file, checkpoint)
+  weights = trained.open_weights(workdir, model_file, checkpoint)
   if data_dir:
     weights.data.data_dir = data_dir
   split = split or weights.data.eval_split
   if eval_batch_size is None:
     eval_batch_size = weights.eval_batch_size
-  result = evaluate(weights, split, eval_batch_size)
+  result = evaluate_weights(weights, split, eval_batch_size)
   top1, top5 = result['eval/accuracy'], result['eval/top5_accuracy']
   print(f'{weights.description} on {weights.data.dataset} {split!r} '
         f'({result["eval/num_examples"]:,} examples): top-1 {100 * top1:.2f}%, '
@@ -115,15 +105,12 @@ def run(workdir, model_file, checkpoint, split, data_dir, eval_batch_size) -> di
   return result
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   cli.quiet_library_logs()
-  try:
-    run(FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
-        FLAGS.eval_batch_size)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  run(FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, FLAGS.split, FLAGS.data_dir,
+      FLAGS.eval_batch_size)
 
 
 if __name__ == '__main__':

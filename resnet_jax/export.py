@@ -3,18 +3,14 @@
   python -m resnet_jax.export --workdir=runs/quickstart --out=quickstart.safetensors
   python -m resnet_jax.export --workdir=runs/quickstart --checkpoint=400 --out=step400.safetensors
 
-The file (resnet_jax/models/pretrained.py) holds the params and BN statistics, the model config,
+The file (resnet_jax/models/weight_file.py) holds the params and BN statistics, the model config,
 the eval preprocessing and the class names; it is all that resnet_jax.predict, resnet_jax.evaluate
 --model and fine-tuning (--config.init_from=FILE) need. The run is only read.
 """
 
-import os
-import sys
-
 from absl import app, flags
 
-from resnet_jax import cli, errors
-from resnet_jax.evaluate import open_weights
+from resnet_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -27,26 +23,14 @@ def define_flags() -> None:
   cli.register_key_flags(('workdir', 'checkpoint', 'out'))
 
 
-def check_out(out: str) -> None:
-  """A path a file can be written to, or a UserError."""
-  folder = os.path.dirname(os.path.abspath(out))
-  if os.path.isdir(out):
-    raise errors.UserError(f'--out={out} is a directory; give a file name, e.g. '
-                           f'{os.path.join(out, "model.safetensors")}.')
-  if not os.path.isdir(folder):
-    raise errors.UserError(f'--out={out}: the directory {folder} does not exist.')
-  if not os.access(folder, os.W_OK):
-    raise errors.UserError(f'--out={out}: the directory {folder} is not writable.')
-
-
 def export(workdir: str, checkpoint: str, out: str) -> str:
   """Writes the weight file; returns a line that says what it holds."""
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import images  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
-  check_out(out)
-  weights = open_weights(workdir, None, checkpoint)
+  cli.check_output_file('--out', out)
+  weights = trained.open_weights(workdir, None, checkpoint)
   config = trained.read_config(workdir, weights.step)
   data = trained.data_config(config)
   models.save_pretrained(out, weights.variables, weights.model, dict(config.model), data,
@@ -58,14 +42,11 @@ def export(workdir: str, checkpoint: str, out: str) -> str:
           f'{count:,} parameters, from {weights.description}')
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   cli.quiet_library_logs()
-  try:
-    print(export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.out))
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  print(export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.out))
 
 
 if __name__ == '__main__':

@@ -8,10 +8,9 @@ import functools
 import logging
 import sys
 
-import jax
 from absl import app, flags
 
-from resnet_jax import cli, errors, parallel, xla_flags
+from resnet_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -26,36 +25,30 @@ def define_flags() -> None:
                       'logs; required. Rerunning with the same one resumes.')
   cli.define_config_flag('config', 'Training configuration file, FILE or FILE:ARG; '
                                   'required. Override any key with --config.KEY=VALUE.')
-  # --helpshort lists the flags of the module that sys.argv[0] names; for the resnet-jax console
-  # script that is the script, not this module.
-  for name in ('config', 'workdir'):
-    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+  cli.register_key_flags(('config', 'workdir'))
 
 
+@cli.one_line_errors
 def main(argv):
   del argv  # parse_flags rejects arguments that are no flags.
-  config = FLAGS.config
-  # orbax and tfds log every file operation through absl's logger at INFO; keep the progress
-  # lines of this project (the root logger) readable. --verbosity=1 brings them back.
-  if FLAGS.verbosity <= 0:
-    logging.getLogger('absl').setLevel(logging.WARNING)
+  cli.quiet_library_logs()
+  # Imported only now, after the flags parsed: a mistake there fails before JAX, orbax, tfds and
+  # grain load.
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import parallel, xla_flags  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop, run  # pylint: disable=g-import-not-at-top
   try:
-    # Before anything starts JAX's backends: XLA reads these flags once, then.
-    xla_flags.apply(config)
-    parallel.initialize_distributed(config.distributed)
+    # Validated, the data opened and the derived keys filled in, without starting JAX's backends:
+    # XLA reads its flags once, when they start, and jax.distributed must come before them.
+    prepared = run.prepare(FLAGS.config)
+    xla_flags.apply(prepared.config)
+    parallel.initialize_distributed(prepared.config.distributed)
     logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                  jax.devices())
-    # Imported only now: a mistake on the command line then fails in a second, before orbax,
-    # tfds and grain load.
-    from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top
-    result = loop.train_and_evaluate(config, FLAGS.workdir)
+    result = loop.train_and_evaluate(prepared, FLAGS.workdir)
   except KeyboardInterrupt:  # Ctrl-C before the trainer's own handler was in place.
     print('error: interrupted before training started; nothing was saved.', file=sys.stderr)
     sys.exit(130)
-  except (errors.UserError, errors.RunError) as e:
-    # Mistakes and failed runs end with one line and the exception's exit code, not a traceback.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
   if result.get('stopped'):
     # Stopped by a signal after saving: exit as schedulers expect (143 for SIGTERM, 130 for
     # Ctrl-C), never 0, so an unfinished run is never taken for a finished one.

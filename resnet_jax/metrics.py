@@ -100,6 +100,17 @@ def _truncate(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
+def best_eval_step(records: list[dict], saved_steps) -> tuple[int | None, float]:
+  """The saved step with the best eval accuracy (the earliest of ties), and that accuracy: the
+  checkpoint the trainer keeps as its best, and that readers of a run mean by 'best'."""
+  evals = [(r['eval/accuracy'], -r['step']) for r in records
+           if 'eval/accuracy' in r and r['step'] in saved_steps]
+  if not evals:
+    return None, -float('inf')
+  accuracy, neg_step = max(evals)
+  return -neg_step, accuracy
+
+
 class Progress:
   """A periodic progress line: step, loss, lr, images per second and time to go."""
 
@@ -120,10 +131,11 @@ class Progress:
     self._last_step, self._last_time = step, now
     eta = sec_per_step * (self.total_steps - step)
     return (f'step {step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.4g}  '
-            f'{self.global_batch / sec_per_step:,.0f} img/s  ETA {_duration(eta)}')
+            f'{self.global_batch / sec_per_step:,.0f} img/s  ETA {duration(eta)}')
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """'1h02m03s', '2m03s'; '?' for a time not known."""
   if not math.isfinite(seconds):
     return '?'
   m, s = divmod(int(seconds), 60)

@@ -10,12 +10,9 @@ and centre-cropped to config.data.image_size unless it has that size, and normal
 config.data.mean and std. The digits are white strokes on black, as scikit-learn stores them.
 """
 
-import sys
-
 from absl import app, flags
 
 from resnet_jax import cli, errors
-from resnet_jax.evaluate import open_weights
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +50,8 @@ def run(workdir, model_file, checkpoint, paths, top=5, data_dir=None) -> list:
                            'python -m resnet_jax.predict --workdir=runs/quickstart digit.png')
   if top < 1:
     raise errors.UserError(f'--top={top} must be at least 1.')
-  weights = open_weights(workdir, model_file, checkpoint)
+  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
+  weights = trained.open_weights(workdir, model_file, checkpoint)
   names = weights.class_names
   if names is None:
     from resnet_jax.data import images  # pylint: disable=g-import-not-at-top
@@ -68,13 +66,10 @@ def run(workdir, model_file, checkpoint, paths, top=5, data_dir=None) -> list:
   return results
 
 
+@cli.one_line_errors
 def main(argv):
   cli.quiet_library_logs()
-  try:
-    run(FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, argv[1:], FLAGS.top, FLAGS.data_dir)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  run(FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, argv[1:], FLAGS.top, FLAGS.data_dir)
 
 
 if __name__ == '__main__':

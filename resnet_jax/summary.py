@@ -1,7 +1,7 @@
 """Layer table, parameter counts and multiply-adds per image of a ResNet.
 
-  python -m resnet_jax.summary --family=cifar --depth=110 --placement=full_preact
-  python -m resnet_jax.summary --config=configs/default.py [--config.model.depth=56]
+  python -m resnet_jax.summary --config=configs/cifar10.py:depth=110,placement=full_preact
+  python -m resnet_jax.summary --config=configs/imagenet_resnet50.py [--config.model.depth=101]
   python -m resnet_jax.summary --table    # every net of the two papers against the papers' figures
 
 Multiply-adds come from XLA's cost analysis of the eval-mode forward pass of one image
@@ -12,7 +12,6 @@ Everything is computed on abstract shapes: no weights are initialised.
 """
 
 import math
-import sys
 
 from absl import app
 from absl import flags
@@ -34,36 +33,18 @@ def define_flags() -> None:
   has a --config of its own) import into one process.
   """
   cli.define_config_flag(
-      'config', 'An ml_collections config file; the model is built from config.model and the '
-      'input from config.data.image_size and the number of channels of config.data.mean.')
+      'config', 'A config file, FILE or FILE:ARG (configs/cifar10.py takes the model keys, e.g. '
+      'depth=110,placement=full_preact); the net is its config.model, the input its data\'s '
+      'images. Override any key with --config.KEY=VALUE.')
   flags.DEFINE_bool('table', False, 'Print the parameter-count table of the papers\' nets.')
-  flags.DEFINE_enum('family', 'cifar', tuple(models.FAMILIES), 'Model family.')
-  flags.DEFINE_integer('depth', 20, 'Model depth.')
-  flags.DEFINE_enum('placement', 'original', models.PLACEMENTS, 'Activation placement.')
-  flags.DEFINE_enum('shortcut', None, models.SHORTCUTS,
-                    'Shortcut option; unset: the family default.')
-  flags.DEFINE_integer('num_classes', None, 'Classes; unset: the family default.')
-  flags.DEFINE_float('width', 1.0, 'Width multiplier.')
-  flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
-  flags.DEFINE_string('param_dtype', 'float32', 'Parameter dtype.')
-  flags.DEFINE_bool('scan', None, 'nn.scan over identical units; unset: auto.')
-  flags.DEFINE_bool('remat', False, 'Rematerialise units.')
-  flags.DEFINE_bool('zero_init_last', False, 'Zero-init the last scale of units.')
-  flags.DEFINE_float('stochastic_depth', 0.0, 'Drop rate of the last unit.')
-  flags.DEFINE_bool('resnet_d', False, 'ResNet-D stem and downsampling (ImageNet).')
-  flags.DEFINE_bool('stride_in_3x3', True, 'v1.5 (True) or v1 (False), ImageNet.')
-  flags.DEFINE_integer('image_size', None, 'Input size; unset: 32 cifar, 224 imagenet.')
-  flags.DEFINE_integer('channels', 3, 'Input channels.')
+  cli.register_key_flags(('config', 'table'))
 
 
-_MODEL_FLAGS = ('family', 'depth', 'placement', 'shortcut', 'num_classes', 'width', 'dtype',
-                'param_dtype', 'scan', 'remat', 'zero_init_last', 'stochastic_depth', 'resnet_d',
-                'stride_in_3x3')
 DEFAULT_IMAGE_SIZE = {'cifar': 32, 'imagenet': 224}
 
-# The papers' nets and figures (../shared/reference/papers.md). Parameters in millions exclude
-# BN, as the papers count. ImageNet counts are torchvision's (its model docs; papers.md quotes 18
-# and 50): exact, BN included.
+# The papers' nets and figures: He et al. 2015 Table 6 (CIFAR, parameters in millions, without
+# BN as the papers count) and He et al. 2016 Table 4; ImageNet counts are torchvision's (its model
+# docs), exact, BN included.
 PAPER_NETS = (
     ('cifar', 20, 'original', 'A', '0.27M', '2015 Table 6'),
     ('cifar', 32, 'original', 'A', '0.46M', '2015 Table 6'),
@@ -243,40 +224,20 @@ def paper_table(nets=PAPER_NETS):
   return '\n'.join(lines)
 
 
-def _model_from_flags():
-  config = FLAGS.config
-  if config is not None:
-    given = [f'--{name}' for name in _MODEL_FLAGS if FLAGS[name].present]
-    if given:
-      raise errors.UserError(f'{", ".join(given)} cannot be combined with --config; '
-                             'override config keys instead, e.g. --config.model.depth=110')
-    kwargs = dict(config.model)
-    family = kwargs.pop('family')
-    model = models.create_model(family, kwargs.pop('depth'), **kwargs)
-    channels = FLAGS.channels if FLAGS['channels'].present else len(config.data.mean)
-    size = FLAGS.image_size or config.data.image_size
-    return model, (size, size, channels), f'{family} ResNet-{config.model.depth}'
-  model = models.create_model(
-      FLAGS.family, FLAGS.depth, placement=FLAGS.placement, shortcut=FLAGS.shortcut,
-      num_classes=FLAGS.num_classes, width=FLAGS.width, dtype=FLAGS.dtype,
-      param_dtype=FLAGS.param_dtype, scan=FLAGS.scan, remat=FLAGS.remat,
-      zero_init_last=FLAGS.zero_init_last, stochastic_depth=FLAGS.stochastic_depth,
-      resnet_d=FLAGS.resnet_d, stride_in_3x3=FLAGS.stride_in_3x3)
-  size = FLAGS.image_size or DEFAULT_IMAGE_SIZE[FLAGS.family]
-  return model, (size, size, FLAGS.channels), f'{FLAGS.family} ResNet-{FLAGS.depth}'
-
-
+@cli.one_line_errors
 def main(argv):
   del argv  # parse_flags rejects arguments that are no flags.
   if FLAGS.table:
     print(paper_table())
     return
-  try:
-    model, image_shape, title = _model_from_flags()
-  except (ValueError, errors.UserError) as e:  # create_model's ValueErrors name the argument.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(errors.UserError.exit_code)
-  print(model_summary(model, image_shape, title))
+  if FLAGS.config is None:
+    raise errors.UserError('give --config=FILE (e.g. --config=configs/cifar10.py:depth=110) or '
+                           '--table; --helpshort lists the flags.')
+  from resnet_jax.train import run  # pylint: disable=g-import-not-at-top
+  prepared = run.prepare(FLAGS.config, open_data=False)
+  model = prepared.config.model
+  print(model_summary(run.model(prepared.config), prepared.image_shape,
+                      f'{model.family} ResNet-{model.depth}'))
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ import pytest
 
 from configs import quickstart
 from resnet_jax import data, parallel, recipes
-from resnet_jax.train import loop, optim, step as step_lib
+from resnet_jax.train import loop, optim, run, step as step_lib
 from resnet_jax.train.state import create_train_state
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_shard_map_and_pmap_take_the_same_step_at_every_step_of_a_run():
   config = _config()
   info = data.dataset_info(config.data)
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, STEPS))
-  model = loop.create_model(config, config.parallel.sync_batch_stats)
+  model = run.model(config, config.parallel.sync_batch_stats)
   init = functools.partial(create_train_state, model=model, tx=tx, image_shape=info.image_shape)
   pars = {b: parallel.DataParallel(b, jax.devices()[:8]) for b in parallel.BACKENDS}
   initial = {b: jax.device_get(p.host_value(p.init_replicated(
@@ -98,6 +98,7 @@ def test_shard_map_and_pmap_take_the_same_step_at_every_step_of_a_run():
   assert out['shard_map'][1] < 0.5  # It learned, so the steps compared were real ones.
 
   # The final test error is the same, example for example, on either backend.
-  accuracies = [loop.evaluate(par.map(step_lib.configured_eval_step(config)), place(b, state), config, par)
+  accuracies = [loop.evaluate_split(par.map(step_lib.configured_eval_step(config)), place(b, state),
+                                    config.data, config.eval_batch_size, par)
                 for b, par in pars.items()]
   assert accuracies[0]['eval/accuracy'] == accuracies[1]['eval/accuracy']

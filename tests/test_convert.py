@@ -143,12 +143,12 @@ def test_a_converted_net_evaluates_imagenet_style_data(tmp_path):
   config, variables = tv.from_torchvision(torchvision_weights.state_dict('resnet18', 0),
                                           'resnet18')
   path = tmp_path / 'resnet18.safetensors'
-  models.save_pretrained(str(path), variables, models.pretrained.model_from_config(config),
+  models.save_pretrained(str(path), variables, models.from_config(config),
                          config, tv.data_config())
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=20):
     weights = trained.open_weights(model_file=str(path))
     assert weights.data.dataset == 'imagenet2012' and weights.data.eval_split == 'validation'
     weights.data.image_size = 64  # For speed; the file records torchvision's 224.
-    result = evaluate.evaluate(weights, 'validation', 8, devices=jax.devices()[:1])
+    result = evaluate.evaluate_weights(weights, 'validation', 8, devices=jax.devices()[:1])
   assert result['eval/num_examples'] == 20
   assert 0 <= result['eval/accuracy'] <= result['eval/top5_accuracy'] <= 1

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from experiments import sweep
+from experiments import papers, publish, runner, study
+from resnet_jax import cli
 from resnet_jax.errors import UserError
 from tests import helpers
 
@@ -147,11 +148,11 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
 
 
 def test_paper_numbers_match_the_reference_file():
-  papers = ROOT.parent / 'shared' / 'reference' / 'papers.md'
-  if not papers.exists():
-    pytest.skip(f'{papers} not found')
-  text = papers.read_text()
-  table2 = sweep.paper_numbers()['identity_mappings_table2']
+  reference = ROOT.parent / 'shared' / 'reference' / 'papers.md'
+  if not reference.exists():
+    pytest.skip(f'{reference} not found')
+  text = reference.read_text()
+  table2 = papers.paper_numbers()['identity_mappings_table2']
   rows = [line for line in text.splitlines() if line.startswith('| (')]
   assert len(rows) == 5
   for line, placement in zip(rows, ('original', 'bn_after_add', 'relu_before_add',
@@ -159,30 +160,30 @@ def test_paper_numbers_match_the_reference_file():
     cells = [c.strip() for c in line.strip('|').split('|')]
     assert float(cells[1]) == table2['ResNet-110'][placement]
     assert float(cells[2]) == table2['ResNet-164'][placement]
-  assert sweep.paper_numbers()['resnet2015_table6']['residual'][20] == 8.75
+  assert papers.paper_numbers()['resnet2015_table6']['residual'][20] == 8.75
 
 
 def test_markdown_table_and_csv(tmp_path):
   rows = [{'a': 1, 'b': 2.5}, {'a': 2, 'c': None}]
-  assert sweep.markdown_table(rows, ['a', 'b']) == '| a | b |\n|---|---|\n| 1 | 2.50 |\n| 2 | - |'
-  sweep.write_csv(rows, tmp_path / 'r.csv')
+  assert publish.markdown_table(rows, ['a', 'b']) == '| a | b |\n|---|---|\n| 1 | 2.50 |\n| 2 | - |'
+  publish.write_csv(rows, tmp_path / 'r.csv')
   assert _csv(tmp_path / 'r.csv') == [{'a': '1', 'b': '2.5', 'c': ''}, {'a': '2', 'b': '', 'c': ''}]
 
 
-def _digits_run(seed: int) -> sweep.Run:
+def _digits_run(seed: int) -> runner.Run:
   from configs import quickstart
   config = quickstart.get_config()
   config.seed = seed
-  sweep.apply_budget(config, steps=20, batch_size=64, eval_split='test', evals=2, paper=False,
+  study.apply_budget(config, steps=20, batch_size=64, eval_split='test', evals=2, paper=False,
                      warmup_steps=0, unrolled=True)
-  return sweep.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
+  return runner.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
 
 
 def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path, capsys):
   runs = [_digits_run(0), _digits_run(1)]
-  parallel = sweep.run_sweep(runs, tmp_path / 'two', jobs=2)
+  parallel = runner.run_sweep(runs, tmp_path / 'two', jobs=2)
   assert 'started in process' in capsys.readouterr().out
-  alone = sweep.run_sweep(runs[:1], tmp_path / 'one', jobs=1)
+  alone = runner.run_sweep(runs[:1], tmp_path / 'one', jobs=1)
   assert [r['status'] for r in parallel] == ['ok', 'ok']
   for key in ('train_error', 'test_error', 'eval_examples', 'steps'):
     assert parallel[0][key] == alone[0][key], key
@@ -190,7 +191,7 @@ def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path,
       parallel[0]['train_error'] != parallel[1]['train_error'])  # Two seeds, two runs.
   assert (tmp_path / 'two' / 'logs' / 'digits-s1.log').stat().st_size > 0
   # A rerun with jobs=2 trains nothing.
-  again = sweep.run_sweep(runs, tmp_path / 'two', jobs=2)
+  again = runner.run_sweep(runs, tmp_path / 'two', jobs=2)
   assert capsys.readouterr().out.count('finished before, skipped') == 2
   assert [r['test_error'] for r in again] == [r['test_error'] for r in parallel]
 
@@ -205,7 +206,7 @@ def _study_configs(budget):
   return configs
 
 
-@pytest.mark.parametrize('budget', sweep.BUDGETS)
+@pytest.mark.parametrize('budget', study.BUDGETS)
 def test_every_budget_builds_configs_that_validate(budget):
   from resnet_jax import config_check, recipes
   for config in _study_configs(budget):
@@ -227,7 +228,7 @@ def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_r
   run = _digits_run(0)
   run.config.xla.cpu_concurrency_optimized_scheduler = False
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_concurrency_optimized_scheduler=true')
-  [row] = sweep.run_sweep([run], tmp_path, jobs=2)
+  [row] = runner.run_sweep([run], tmp_path, jobs=2)
   assert row['status'] == (
       'failed: config.xla.cpu_concurrency_optimized_scheduler=False contradicts XLA_FLAGS, which '
       'sets --xla_cpu_enable_concurrency_optimized_scheduler=true; drop one of them.')
@@ -249,7 +250,10 @@ def test_a_bad_count_is_one_line_before_anything_runs(module, tmp_path):
 
 
 def test_a_user_error_that_escapes_a_study_is_one_line(capsys):
-  def study():
+  @cli.one_line_errors
+  def main():
     raise UserError('--results_dir=x: not writable.')
-  assert sweep.main_guard(study) == 2
+  with pytest.raises(SystemExit) as exit_:
+    main()
+  assert exit_.value.code == 2
   assert capsys.readouterr().err == 'error: --results_dir=x: not writable.\n'

@@ -361,13 +361,13 @@ def _scripted_eval(monkeypatch, accuracies: dict):
   """Replaces the eval with fixed accuracies per step, or an error where the value is one."""
   from resnet_jax.train import loop
 
-  def evaluate(p_eval_step, state, config, par):
+  def evaluate(p_eval_step, state, data_config, batch_size, par):
     step = int(par.host_value(state.step))
     if isinstance(accuracies[step], Exception):
       raise accuracies[step]
     return {'eval/loss': 1.0, 'eval/accuracy': accuracies[step], 'eval/top5_accuracy': 1.0,
             'eval/num_examples': 360}
-  monkeypatch.setattr(loop, 'evaluate', evaluate)
+  monkeypatch.setattr(loop, 'evaluate_split', evaluate)
 
 
 def test_a_failing_eval_loses_no_training(tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ import pytest
 
 from configs import quickstart
 from resnet_jax import config_check, export, models, parallel
-from resnet_jax.models import pretrained
-from resnet_jax.train import init_from, loop, trained
+from resnet_jax.models import weight_file
+from resnet_jax.train import init_from, trained
+from resnet_jax.train import run as run_lib
 from resnet_jax.train.state import create_train_state
 from tests import helpers
 from tests import trained_run
@@ -41,7 +42,7 @@ def _config(**keys):
 def _fresh(config):
   """A fresh train state of `config`'s model, as the trainer makes it, on one device."""
   par = parallel.DataParallel('shard_map', jax.devices()[:1])
-  model = loop.create_model(config, False)
+  model = run_lib.model(config, False)
   tx = optax.sgd(0.1, momentum=0.9)
   state = par.init_replicated(
       functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 1)),
@@ -89,7 +90,7 @@ def _with_head(source, target, classes):
   params = weights.variables['params']
   params['head'] = {'kernel': params['head']['kernel'][:, :classes],
                     'bias': params['head']['bias'][:classes]}
-  model = pretrained.model_from_config(weights.model_config, num_classes=classes)
+  model = models.from_config(weights.model_config, num_classes=classes)
   models.save_pretrained(str(target), weights.variables, model,
                          {**weights.model_config, 'num_classes': classes}, weights.data_config)
 

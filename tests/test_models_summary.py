@@ -16,8 +16,8 @@ def _run(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_summary_from_create_model_flags():
-  result = _run('--family=cifar', '--depth=110', '--placement=full_preact', '--scan=true')
+def test_summary_of_a_net_named_in_the_config_argument():
+  result = _run('--config=configs/cifar10.py:depth=110,placement=full_preact,scan=true')
   assert result.returncode == 0, result.stderr
   out = result.stdout
   # Units 2..18 of each stage share one row: one scanned module.
@@ -30,9 +30,8 @@ def test_summary_from_a_config_file():
   result = _run('--config=configs/default.py', '--config.model.depth=56')
   assert result.returncode == 0, result.stderr
   assert 'cifar ResNet-56' in result.stdout and 'parameters: 853,018' in result.stdout
-  conflict = _run('--config=configs/default.py', '--depth=56')
-  assert conflict.returncode != 0
-  assert '--depth cannot be combined with --config' in conflict.stderr
+  digits = _run('--config=configs/quickstart.py')  # The input is the dataset's: 8x8x1.
+  assert 'input 8x8x1' in digits.stdout and 'parameters: 271,994' in digits.stdout
 
 
 def test_layer_rows_add_up():

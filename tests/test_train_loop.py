@@ -8,7 +8,7 @@ import pytest
 
 from configs import quickstart
 from resnet_jax.metrics import read_metrics
-from resnet_jax.train import loop
+from resnet_jax.train import loop, run
 from resnet_jax.train import workdir
 from resnet_jax.train.checkpoint import Checkpointer
 
@@ -84,27 +84,16 @@ def test_an_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path):
     if f.is_file():
       f.write_bytes(b'\0garbage')
   ckpt = Checkpointer(str(tmp_path / 'checkpoints'))
-  from resnet_jax import data
-  it = loop.ConsumedIterator(data.create_train_iterator(config.data, global_batch_size=128, seed=0))
-  template = _restore_template(config)
-  step, _ = ckpt.restore(template, it, workdir.as_dict(config))
+  from resnet_jax import data, parallel
+  # The state and the iterator as the trainer builds them, to restore into.
+  built = run.build(run.prepare(config), parallel.DataParallel('shard_map', jax.devices()[:1]))
+  it = loop.ConsumedIterator(data.create_train_iterator(built.config.data, global_batch_size=128,
+                                                        seed=0))
+  step, _ = ckpt.restore(built.state, it, workdir.as_dict(built.config))
   ckpt.close()
   assert step == 2
   # Nothing was deleted: the unreadable one was moved aside, so step 4 can be saved again.
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', 'corrupt-4']
-
-
-def _restore_template(config):
-  import functools
-  from resnet_jax import parallel
-  from resnet_jax.train import optim
-  from resnet_jax.train.state import create_train_state
-  par = parallel.DataParallel('shard_map', jax.devices()[:1])
-  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 4))
-  model = loop.create_model(config, True)
-  return par.init_replicated(functools.partial(
-      create_train_state, model=model, tx=tx, image_shape=(8, 8, 1)),
-      jax.random.key_data(jax.random.key(0)))
 
 
 @pytest.mark.slow

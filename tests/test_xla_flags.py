@@ -92,7 +92,8 @@ config.model.dtype = sys.argv[1]
 print('appended', xla_flags.apply(config))
 import jax
 from benchmarks import project
-step = project.compile_train_step(config, (8, 8, 1), 1000, jax.devices()[:1])
+from resnet_jax.train import run
+step = project.compile_train_step(run.prepare(config, open_data=False), jax.devices()[:1])
 print('temp', step.compiled.memory_analysis().temp_size_in_bytes)
 for _ in range(3):
   step()

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from resnet_jax import config_check, models
-from resnet_jax.models import pretrained
+from resnet_jax.models import weight_file
 from resnet_jax.train import trained
 
 HEAD = 'params/head/'
@@ -64,14 +64,14 @@ def initialize(config, workdir: str, state, model, par):
   variables, what = read(config)
   fresh = par.host_value({'params': state.params, 'batch_stats': state.batch_stats})
   # Compared in the unrolled layout, where names are those of the file (stage{s}_unit{u}).
-  fresh = pretrained.unrolled(fresh, model)
-  given, wanted = pretrained.flatten(variables), pretrained.flatten(fresh)
+  fresh = weight_file.unrolled(fresh, model)
+  given, wanted = weight_file.flatten(variables), weight_file.flatten(fresh)
   config_check.check_init_from_fits(
-      config, pretrained.differences(given, wanted, net='this model'), head=HEAD)
+      config, weight_file.differences(given, wanted, net='this model'), head=HEAD)
   loaded = {name: np.asarray(given[name], wanted[name].dtype)
             if config.init_head or not name.startswith(HEAD) else wanted[name]
             for name in wanted}
-  loaded = pretrained.in_layout(pretrained.unflatten(loaded), model)
+  loaded = weight_file.in_layout(weight_file.unflatten(loaded), model)
   logging.info('Initialised from %s: params and BN statistics loaded%s; the optimiser state and '
                'the step start fresh.', what,
                '' if config.init_head else ', the classifier (head) new (config.init_head=False)')

@@ -1,6 +1,6 @@
 """train_and_evaluate: the one trainer that every config and every experiment runs through."""
 
-import functools
+import dataclasses
 import json
 import logging
 import os
@@ -12,13 +12,12 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from resnet_jax import config_check, data, models, parallel, recipes
+from resnet_jax import data, parallel
 from resnet_jax.errors import RunError
-from resnet_jax.metrics import MetricWriter, Progress, read_metrics
-from resnet_jax.train import init_from, optim, step as step_lib
+from resnet_jax.metrics import MetricWriter, Progress, best_eval_step, read_metrics
+from resnet_jax.train import init_from, run, step as step_lib
 from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train.checkpoint import Checkpointer
-from resnet_jax.train.state import create_train_state
 
 
 class ConsumedIterator:
@@ -111,21 +110,13 @@ class NonFiniteLoss(RunError):
   """The loss or the gradient became NaN or infinite."""
 
 
-def create_model(config, sync_batch_stats: bool):
-  kwargs = dict(config.model)
-  try:
-    return models.create_model(
-        kwargs.pop('family'), kwargs.pop('depth'),
-        axis_name=parallel.AXIS if sync_batch_stats else None, **kwargs)
-  except ValueError as e:
-    raise config_check.ConfigError(f'config.model: {e}') from None
-
-
-def evaluate(p_eval_step, state, config, par: parallel.DataParallel) -> dict:
-  """Metrics over the whole eval split: every example exactly once (padded batches are masked)."""
-  batches = data.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+def evaluate_split(p_eval_step, state, data_config, batch_size: int,
+                   par: parallel.DataParallel) -> dict:
+  """Metrics over the whole data_config.eval_split: every example exactly once (the padding of
+  the last batch is masked). p_eval_step: the eval step mapped by `par`."""
+  batches = data.create_eval_iterator(data_config, global_batch_size=batch_size)
   total = None
-  for batch in par.prefetch(batches, config.data.prefetch_to_device):
+  for batch in par.prefetch(batches, data_config.prefetch_to_device):
     m = p_eval_step(state, batch)
     total = m if total is None else total.merge(m)
   result = par.host_value(total)
@@ -157,22 +148,13 @@ def _train_scalars(metrics, par, steps: int) -> dict:
           'first_nonfinite_step': int(m.first_nonfinite.compute())}
 
 
-def _best_eval_step(records: list[dict], saved_steps) -> tuple[int | None, float]:
-  """The saved step with the best eval accuracy (the earliest of ties), and that accuracy."""
-  evals = [(r['eval/accuracy'], -r['step']) for r in records
-           if 'eval/accuracy' in r and r['step'] in saved_steps]
-  if not evals:
-    return None, -float('inf')
-  accuracy, neg_step = max(evals)
-  return -neg_step, accuracy
-
-
 def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=None) -> dict:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
-  devices: the devices to run on (default: all of them). train_iterator: this process's batches,
-  in place of the configured grain pipeline (tests use it to feed the same global batches to runs
-  of different process counts).
+  config: a run config, or the run.Prepared of one (a command line that needed the final config
+  first). devices: the devices to run on (default: all of them). train_iterator: this process's
+  batches, in place of the configured grain pipeline (tests use it to feed the same global
+  batches to runs of different process counts).
 
   A run stopped by SIGTERM or SIGINT returns {'stopped': True, 'signal': signum, ...} after
   saving. Bad input raises a resnet_jax.errors.UserError and a failed run a RunError, each with a
@@ -181,57 +163,52 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   """
   if workdir_lib.is_local(workdir):  # orbax's tensorstore writer needs absolute paths.
     workdir = os.path.abspath(workdir)
-  config_check.check_structure(config)
-  # The derived keys (warm-up, eval interval) from the final config, overrides included; this
-  # config is what runs, what config.json records, and what a rerun is compared with.
-  config = recipes.finalize(config)
-  config_check.validate(config)
+  # The derived keys (warm-up, eval interval, data statistics) from the final config, overrides
+  # included; this config is what runs, what config.json records, and what a rerun is compared
+  # with.
+  prepared = config if isinstance(config, run.Prepared) else run.prepare(config)
   is_main = jax.process_index() == 0
   if is_main:
     workdir_lib.check_writable(workdir)
   with StopRequest() as stop, workdir_lib.lock(workdir, enabled=is_main):
-    return _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main)
+    par = parallel.DataParallel(prepared.config.parallel.backend, devices)
+    workdir_lib.check_same_run(workdir, prepared.config)
+    built = run.build(prepared, par, workdir)
+    # Fine-tuning: a fresh run's first weights from config.init_from; a resumed run keeps its own.
+    state = init_from.initialize(built.config, workdir, built.state, built.model, par)
+    if built.config.data.pipeline == 'device':
+      # No iterator: each step's batch is a function of (seed, step) (_device_data).
+      if train_iterator is not None:
+        raise ValueError("train_iterator feeds the grain path; config.data.pipeline is 'device'")
+    else:
+      if train_iterator is None:
+        train_iterator = data.create_train_iterator(
+            built.config.data, global_batch_size=built.config.batch_size, seed=built.config.seed)
+      train_iterator = ConsumedIterator(train_iterator)
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=built.config.keep_checkpoints,
+                        keep_best=built.config.keep_best_checkpoint)
+    try:
+      return _loop(_Run(built, workdir, par, ckpt, train_iterator, stop, is_main), state)
+    finally:
+      ckpt.close()
 
 
-def _train_and_evaluate(config, workdir, devices, train_iterator, stop, is_main) -> dict:
-  info = data.dataset_info(config.data)
-  config_check.validate_against_dataset(config, info)
-  par = parallel.DataParallel(config.parallel.backend, devices)
-  parallel.check_batch_size('batch_size', config.batch_size, par.num_devices)
-  parallel.check_batch_size('eval_batch_size', config.eval_batch_size, par.num_devices)
-  workdir_lib.check_same_run(workdir, config)
+@dataclasses.dataclass
+class _Run:
+  """What the training loop works with, besides the state it updates."""
+  built: run.Built
+  workdir: str
+  par: parallel.DataParallel
+  ckpt: Checkpointer
+  train_iterator: ConsumedIterator | None  # None on the device data path.
+  stop: StopRequest
+  is_main: bool
+
+
+def _loop(r: _Run, state) -> dict:
+  config, workdir, par, ckpt = r.built.config, r.workdir, r.par, r.ckpt
+  total_steps, train_iterator, is_main = r.built.total_steps, r.train_iterator, r.is_main
   record = workdir_lib.as_dict(config)
-
-  total_steps = optim.num_train_steps(config, info.num_train)
-  schedule = optim.create_learning_rate_schedule(config, total_steps)
-  tx = optim.create_optimizer(config, schedule)
-  model = create_model(config, config.parallel.sync_batch_stats)
-  state = par.init_replicated(
-      functools.partial(create_train_state, model=model, tx=tx, image_shape=info.image_shape),
-      jax.random.key_data(jax.random.key(config.seed)))
-  # Fine-tuning: a fresh run's first weights from config.init_from; a resumed run keeps its own.
-  state = init_from.initialize(config, workdir, state, model, par)
-
-  if config.data.pipeline == 'device':
-    # No iterator: each step's batch is a function of (seed, step) (_device_data).
-    if train_iterator is not None:
-      raise ValueError("train_iterator feeds the grain path; config.data.pipeline is 'device'")
-  else:
-    if train_iterator is None:
-      train_iterator = data.create_train_iterator(
-          config.data, global_batch_size=config.batch_size, seed=config.seed)
-    train_iterator = ConsumedIterator(train_iterator)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-                      keep_best=config.keep_best_checkpoint)
-  try:
-    return _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state,
-                 train_iterator, stop, is_main)
-  finally:
-    ckpt.close()
-
-
-def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state,
-          train_iterator, stop, is_main) -> dict:
   restored_step, global_state = ckpt.restore(par.to_global(state), train_iterator, record,
                                              config.allow_config_change)
   if restored_step is not None:
@@ -246,8 +223,8 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
       return json.load(f)
   if is_main:
     workdir_lib.record_config(workdir, config, restored_step)
-  ckpt.best.best_step, best_accuracy = _best_eval_step(
-      [r for r in read_metrics(workdir) if r['step'] <= start_step], set(ckpt.all_steps()))
+  ckpt.best.best_step, best_accuracy = best_eval_step(
+      [m for m in read_metrics(workdir) if m['step'] <= start_step], set(ckpt.all_steps()))
 
   train_step = step_lib.configured_train_step(config)
   if train_iterator is None:
@@ -256,6 +233,8 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
     p_train_step = par.map(train_step, donate_state=True)
     items = train_iterator.pull()
   p_eval_step = par.map(step_lib.configured_eval_step(config))
+  evaluate = lambda state: evaluate_split(p_eval_step, state, config.data,
+                                          config.eval_batch_size, par)
 
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(total_steps, config.batch_size, start_step)
@@ -280,7 +259,7 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
       is_last = step == total_steps
       log_now = step % config.log_every_steps == 0 or is_last
       eval_now = step % config.eval_every_steps == 0 or is_last
-      stopping = stop.check(step, config.log_every_steps)
+      stopping = r.stop.check(step, config.log_every_steps)
       # An eval step saves too, so that the best checkpoint is the one that was evaluated.
       save_now = (step % config.checkpoint_every_steps == 0 or is_last or stopping
                   or (eval_now and config.keep_best_checkpoint))
@@ -302,7 +281,7 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
         if log_now:
           nonfinite_steps += scalars['train/nonfinite_steps']
           last_train = scalars
-          lr = float(schedule(step - 1))
+          lr = float(r.built.schedule(step - 1))
           writer.write(step, {**scalars, 'lr': lr})
           if is_main:
             logging.info(progress.line(step, scalars['train/loss'], lr))
@@ -311,7 +290,7 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
         # Saved before the eval, so an eval that fails loses no training.
         ckpt.save(step, par.to_global(state), train_iterator, record)
       if eval_now:
-        eval_scalars = evaluate(p_eval_step, state, config, par)
+        eval_scalars = evaluate(state)
         writer.write(step, eval_scalars)
         if is_main:
           logging.info('step %d: eval accuracy %.4f, loss %.4f over %d examples', step,
@@ -326,14 +305,14 @@ def _loop(config, workdir, par, ckpt, record, info, total_steps, schedule, state
     # delays the exit within a preemption's grace period.
     if not eval_scalars and step >= total_steps:
       # Resumed at the very end, after the last eval: report the test error.
-      eval_scalars = evaluate(p_eval_step, state, config, par)
+      eval_scalars = evaluate(state)
     ckpt.wait()
     if step >= total_steps:
       ckpt.prune()  # The last eval may have made an earlier best checkpoint redundant.
   finally:
     writer.close()
   if step < total_steps:
-    return {'step': step, 'stopped': True, 'signal': stop.signum, **last_train}
+    return {'step': step, 'stopped': True, 'signal': r.stop.signum, **last_train}
 
   summary = {'step': step, 'wall_s': time.perf_counter() - started, **last_train,
              **{k: float(v) for k, v in eval_scalars.items()}}

@@ -3,15 +3,23 @@
 import flax.traverse_util
 import optax
 
+from resnet_jax.errors import UserError
+
 OPTIMIZERS = ('momentum', 'nesterov')
 SCHEDULES = ('piecewise', 'cosine', 'constant')
 WARMUP_MODES = ('linear', 'constant')
 WEIGHT_DECAY_TYPES = ('l2', 'decoupled')
 
 
-def num_train_steps(config, num_train_examples: int) -> int:
-  """num_epochs (if > 0) wins over num_train_steps, as in the Flax examples."""
+def num_train_steps(config, num_train_examples: int | None) -> int:
+  """num_epochs (if > 0) wins over num_train_steps, as in the Flax examples.
+
+  num_train_examples: the size of the training split; None where it is not known."""
   if config.num_epochs > 0:
+    if num_train_examples is None:
+      raise UserError(f'config.num_epochs={config.num_epochs} needs the size of the training '
+                      f'split of {config.data.dataset!r}, which is not known without its data; '
+                      'give --config.num_train_steps=N and --config.num_epochs=0 instead.')
     return max(1, int(config.num_epochs * num_train_examples // config.batch_size))
   return int(config.num_train_steps)
 

@@ -17,9 +17,15 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+def init_variables(rng: jax.Array, model, image_shape) -> dict:
+  """The model's initial variables, from the first half of the run's key, on a dummy image."""
+  init_rng, _ = jax.random.split(rng)
+  return model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
 def create_train_state(rng: jax.Array, model, tx, image_shape) -> TrainState:
-  """Initialises the model on a dummy batch of one image and wraps it with the optimiser."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  """The initial variables wrapped with the optimiser; the state's key is the second half."""
+  variables = init_variables(rng, model, image_shape)
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables.get('batch_stats', {}), tx=tx, rng=state_rng)
+                           batch_stats=variables.get('batch_stats', {}), tx=tx,
+                           rng=jax.random.split(rng)[1])

@@ -186,16 +186,20 @@ def eval_step(state, batch, *, image_mean=None, image_std=None):
       top1=correct_topk(logits, batch['label'], 1), top5=correct_topk(logits, batch['label'], 5)))
 
 
+def normalised(step_fn, data_config, **settings):
+  """`step_fn` (train_step or eval_step) with the normalisation of a final config.data and
+  `settings` bound."""
+  return functools.partial(step_fn, image_mean=tuple(data_config.mean),
+                           image_std=tuple(data_config.std), **settings)
+
+
 def configured_train_step(config):
   """`train_step` with the settings of a (finalised) run config bound."""
-  return functools.partial(
-      train_step, label_smoothing=config.label_smoothing,
-      sync_batch_stats=config.parallel.sync_batch_stats,
-      skip_nonfinite=config.skip_nonfinite_updates, image_mean=tuple(config.data.mean),
-      image_std=tuple(config.data.std))
+  return normalised(train_step, config.data, label_smoothing=config.label_smoothing,
+                    sync_batch_stats=config.parallel.sync_batch_stats,
+                    skip_nonfinite=config.skip_nonfinite_updates)
 
 
 def configured_eval_step(config):
   """`eval_step` with the normalisation of a run config bound."""
-  return functools.partial(eval_step, image_mean=tuple(config.data.mean),
-                           image_std=tuple(config.data.std))
+  return normalised(eval_step, config.data)

@@ -21,8 +21,9 @@ import orbax.checkpoint as ocp
 
 from configs import default
 from resnet_jax import models
+from resnet_jax.data import datasets
 from resnet_jax.errors import UserError
-from resnet_jax.metrics import read_metrics
+from resnet_jax.metrics import best_eval_step, read_metrics
 from resnet_jax.train import workdir as workdir_lib
 
 CHOICES = ('best', 'latest')
@@ -52,7 +53,7 @@ class Trained:
   variables: dict
 
   def unrolled_variables(self) -> dict:
-    return models.pretrained.unrolled(self.variables, self.model)
+    return models.weight_file.unrolled(self.variables, self.model)
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -88,9 +89,7 @@ def choose_step(workdir: str, checkpoint: str = 'best') -> tuple[int, str]:
   if checkpoint == 'latest':
     return steps[-1], 'latest'
   if checkpoint == 'best':
-    from resnet_jax.train import loop  # pylint: disable=g-import-not-at-top  # loop imports this.
-    # The trainer's own rule. pylint: disable-next=protected-access
-    best, _ = loop._best_eval_step(read_metrics(workdir), set(steps))
+    best, _ = best_eval_step(read_metrics(workdir), set(steps))
     return (best, 'best') if best is not None else (steps[-1], 'latest')
   saved = ', '.join(map(str, steps))
   if not checkpoint.isdigit():
@@ -170,10 +169,9 @@ def read_variables(workdir: str, step: int) -> dict:
 def model_for(config, variables):
   """The net of `config.model`, with scan set to the layout of `variables` (a checkpoint written
   on an accelerator may be scanned where this machine would unroll, and the other way round)."""
-  kwargs = dict(config.model)
-  kwargs['scan'] = any(name.endswith('_scan') for name in variables['params'])
   try:
-    return models.create_model(kwargs.pop('family'), kwargs.pop('depth'), **kwargs)
+    return models.from_config(
+        config.model, scan=any(name.endswith('_scan') for name in variables['params']))
   except ValueError as e:
     raise RunReadError(f'records a model config that cannot be built: {e}') from None
 
@@ -220,24 +218,32 @@ class Weights:
 
 def open_weights(workdir: str | None = None, model_file: str | None = None,
                  checkpoint: str = 'best') -> Weights:
-  """The weights of a run's checkpoint (`workdir`, `checkpoint`) or of a weight file."""
+  """The weights of a run's checkpoint (`workdir`, `checkpoint`) or of a weight file, for the
+  command lines: a UserError names the flag (--workdir, --checkpoint or --model)."""
   if (workdir is None) == (model_file is None):
     raise UserError('give either --workdir (a run) or --model (a weight file), not '
                     + ('both' if workdir else 'neither'))
   if workdir is not None:
-    trained = load(workdir, checkpoint)
+    try:
+      trained = load(workdir, checkpoint)
+    except RunReadError as e:
+      subject = f'--checkpoint={checkpoint}' if e.about == 'checkpoint' else f'--workdir={workdir}'
+      raise UserError(f'{subject} {e}') from None
     return Weights(trained.model, trained.variables, trained.config.data, None,
                    describe(trained), workdir, trained.step, trained.config.eval_batch_size)
   try:
     pretrained = models.read_pretrained(model_file)
-    model, variables = models.pretrained.build(pretrained, model_file)
+    model, variables = models.weight_file.build(pretrained, model_file)
   except models.PretrainedError as e:
     raise UserError(str(e)) from None
   data = default.get_config().data
-  recorded = {k: v for k, v in pretrained.data_config.items() if k in data}
-  data.update({**recorded, 'mean': tuple(recorded.get('mean', data.mean)),
-               'std': tuple(recorded.get('std', data.std)),
-               # An eval needs no augmentation, and 'none' accepts images of any size.
-               'augment': 'none'})
+  recorded = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in pretrained.data_config.items() if k in data}
+  # An eval needs no augmentation, and 'none' takes images of any size.
+  data.update({**recorded, 'augment': 'none'})
+  record = datasets.get(data.dataset)
+  for key in ('mean', 'std', 'image_size'):  # A file records them; the dataset's otherwise.
+    if data[key] is None and record is not None:
+      data[key] = record.image_shape[0] if key == 'image_size' else getattr(record, key)
   return Weights(model, variables, data, pretrained.class_names,
                  f'{model_file}' + (f' ({pretrained.source})' if pretrained.source else ''))
