@@ -4,7 +4,6 @@ Imports neither JAX nor PyTorch; callers pass the JAX device in.
 """
 
 import dataclasses
-import importlib.metadata
 import os
 
 from resnet_jax import host
@@ -68,13 +67,8 @@ def peak_flops(device_kind: str, dtype: str,
 
 def versions() -> dict[str, str]:
   """The installed version of each of LIBRARIES; '' for those not installed."""
-  found = {}
-  for name in LIBRARIES:
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = ''
-  return found
+  found = host.versions(LIBRARIES)
+  return {name: found.get(name, '') for name in LIBRARIES}
 
 
 def describe(devices) -> dict:

@@ -143,8 +143,7 @@ def profile_project(workload, warmup: int, steps: int) -> tuple[dict, list]:
   import jax
   from benchmarks import project
 
-  step = project.compile_train_step(workload.config, workload.image_shape, workload.num_train,
-                                    jax.local_devices()[:1])
+  step = project.compile_train_step(workload.prepared, jax.local_devices()[:1])
   return profile_xla(step, step.compiled.as_text(), workload.batch_size, warmup, steps)
 
 
@@ -280,6 +279,7 @@ def _workload(throughput):
   return throughput.preset(name)
 
 
+@cli.one_line_errors
 def main(argv):
   del argv
   if FLAGS.torch_spec:
@@ -287,11 +287,7 @@ def main(argv):
     return
   import jax
   from benchmarks import throughput
-  try:
-    workload = _workload(throughput)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  workload = _workload(throughput)
   print(hardware.summary_line(hardware.describe(jax.local_devices()[:1])))
   print(', '.join(f'{k} {v}' for k, v in hardware.versions().items() if v))
   print(f'{workload.name}: batch {workload.batch_size}, {workload.dtype}; '

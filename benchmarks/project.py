@@ -11,7 +11,6 @@
 """
 
 import dataclasses
-import functools
 import logging
 import re
 import tempfile
@@ -23,9 +22,8 @@ import numpy as np
 
 from benchmarks import timing
 from resnet_jax import data, parallel
-from resnet_jax.train import loop, optim
+from resnet_jax.train import loop, run
 from resnet_jax.train import step as step_lib
-from resnet_jax.train.state import create_train_state
 
 
 @dataclasses.dataclass
@@ -80,6 +78,7 @@ class CompiledStep:
   batch: Any
   lower_s: float
   compile_s: float
+  model: Any
 
   def __call__(self):
     """One step; the donated state is replaced by the new one."""
@@ -87,29 +86,23 @@ class CompiledStep:
     return self.state, metrics
 
 
-def compile_train_step(config, image_shape, num_train: int, devices) -> CompiledStep:
+def compile_train_step(prepared, devices) -> CompiledStep:
   """The project's train step as the loop maps it (state donated), lowered and compiled ahead of
-  time on one synthetic batch that stays on the devices; `config` is finalised."""
-  par = parallel.DataParallel(config.parallel.backend, devices)
-  parallel.check_batch_size('batch_size', config.batch_size, par.num_devices)
-  schedule = optim.create_learning_rate_schedule(config, optim.num_train_steps(config, num_train))
-  tx = optim.create_optimizer(config, schedule)
-  model = loop.create_model(config, config.parallel.sync_batch_stats)
-  state = par.init_replicated(
-      functools.partial(create_train_state, model=model, tx=tx, image_shape=image_shape),
-      jax.random.key_data(jax.random.key(config.seed)))
-  p_train_step = par.map(step_lib.configured_train_step(config), donate_state=True)
-  batch = par.put_batch(synthetic_batch(config.batch_size, image_shape,
-                                        config.model.num_classes, config.seed))
+  time on one synthetic batch that stays on the devices; `prepared`: resnet_jax.train.run's."""
+  par = parallel.DataParallel(prepared.config.parallel.backend, devices)
+  built = run.build(prepared, par)
+  p_train_step = par.map(step_lib.configured_train_step(built.config), donate_state=True)
+  batch = par.put_batch(synthetic_batch(built.config.batch_size, prepared.image_shape,
+                                        built.config.model.num_classes, built.config.seed))
   start = time.perf_counter()
-  lowered = p_train_step.lower(state, batch)
+  lowered = p_train_step.lower(built.state, batch)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return CompiledStep(compiled, state, batch, lowered_at - start,
-                      time.perf_counter() - lowered_at)
+  return CompiledStep(compiled, built.state, batch, lowered_at - start,
+                      time.perf_counter() - lowered_at, built.model)
 
 
-def unrolled_flops(config, image_shape, num_train: int, devices) -> float | None:
+def unrolled_flops(prepared, devices) -> float | None:
   """FLOPs of one step of the net with every stage unrolled, over all devices.
 
   XLA's cost analysis counts a loop body once, not once per iteration, so a scanned step's own
@@ -117,39 +110,32 @@ def unrolled_flops(config, image_shape, num_train: int, devices) -> float | None
   compiled) on abstract state: nothing is initialised or compiled, and for ResNet-20 it is 1.6%
   below the compiled step's count (XLA drops some work when it optimises).
   """
-  config = config.copy_and_resolve_references()
+  config = prepared.config.copy_and_resolve_references()
   config.model.scan = False
   par = parallel.DataParallel(config.parallel.backend, devices)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(
-      config, optim.num_train_steps(config, num_train)))
-  init = functools.partial(create_train_state, tx=tx, image_shape=image_shape,
-                           model=loop.create_model(config, config.parallel.sync_batch_stats))
-  state = jax.eval_shape(lambda key: par.init_replicated(init, key),
-                         jax.random.key_data(jax.random.key(config.seed)))
-  batch = par.put_batch(synthetic_batch(config.batch_size, image_shape,
+  built = run.build(dataclasses.replace(prepared, config=config), par, abstract=True)
+  batch = par.put_batch(synthetic_batch(config.batch_size, prepared.image_shape,
                                         config.model.num_classes, config.seed))
-  cost = par.map(step_lib.configured_train_step(config)).lower(state, batch).cost_analysis()
+  cost = par.map(step_lib.configured_train_step(config)).lower(built.state, batch).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return float(cost['flops']) * par.num_devices if cost and cost.get('flops') else None
 
 
-def step_stats(step: CompiledStep, config, image_shape, num_train: int,
-               devices) -> tuple[float | None, int | None]:
+def step_stats(step: CompiledStep, prepared, devices) -> tuple[float | None, int | None]:
   """(FLOPs of one step over all devices, bytes per device) of a compiled project step; a
   scanned step's FLOPs are counted on its unrolled net (`unrolled_flops`)."""
   flops, memory = compiled_stats(step.compiled, len(devices))
-  if loop.create_model(config, config.parallel.sync_batch_stats).scan:
-    flops = unrolled_flops(config, image_shape, num_train, devices)
+  if step.model.scan:
+    flops = unrolled_flops(prepared, devices)
   return flops, memory
 
 
-def time_train_step(config, image_shape, num_train: int, devices, *, warmup: int,
-                    steps: int) -> StepResult:
-  """Compiles and times the project's train step alone; `config` is finalised
-  (resnet_jax.recipes). benchmarks/throughput.py times it in turns with the Flax peer instead."""
-  step = compile_train_step(config, image_shape, num_train, devices)
-  flops, memory = step_stats(step, config, image_shape, num_train, devices)
+def time_train_step(prepared, devices, *, warmup: int, steps: int) -> StepResult:
+  """Compiles and times the project's train step alone. benchmarks/throughput.py times it in
+  turns with the Flax peer instead."""
+  step = compile_train_step(prepared, devices)
+  flops, memory = step_stats(step, prepared, devices)
   times = timing.time_steps(step, jax.block_until_ready, warmup=warmup, steps=steps)
   return StepResult(times, step.lower_s, step.compile_s, flops, memory)
 

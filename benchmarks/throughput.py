@@ -35,7 +35,6 @@ import difflib
 import functools
 import importlib.util
 import json
-import logging
 import os
 import pathlib
 import subprocess
@@ -51,7 +50,7 @@ import jax
 from absl import app, flags
 
 from benchmarks import hardware, timing
-from resnet_jax import cli, config_check, recipes, xla_flags
+from resnet_jax import cli, xla_flags
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.train import optim
 # benchmarks.project and the peers are imported when the flags have been checked: a mistake on
@@ -109,15 +108,15 @@ def define_flags() -> None:
 
 @dataclasses.dataclass
 class Workload:
-  """One config to benchmark, finalised, with what the peers need to build the same step."""
+  """One config to benchmark, prepared, with what the peers need to build the same step."""
   name: str
   config_file: str
   overrides: str
-  config: object  # the finalised ml_collections.ConfigDict
-  image_shape: tuple[int, int, int]
-  num_train: int
+  prepared: object  # resnet_jax.train.run.Prepared
   data_problem: str | None  # Why the real data cannot be read; the step still runs.
 
+  config = property(lambda self: self.prepared.config)
+  image_shape = property(lambda self: self.prepared.image_shape)
   family = property(lambda self: self.config.model.family)
   depth = property(lambda self: self.config.model.depth)
   num_classes = property(lambda self: self.config.model.num_classes)
@@ -159,20 +158,11 @@ def _config_overrides() -> str:
 
 def make_workload(name, config_file, overrides, config) -> Workload:
   from resnet_jax import data
-  from resnet_jax.train import loop
-  config = recipes.finalize(config)
-  config_check.validate(config)
-  loop.create_model(config, config.parallel.sync_batch_stats)  # A bad model key: one line, now.
+  from resnet_jax.train import run
   try:
-    info = data.dataset_info(config.data)
-  except data.DataError as e:
-    channels = 1 if config.data.dataset == 'digits' else 3
-    size = config.data.image_size
-    return Workload(name, config_file, overrides, config, (size, size, channels),
-                    recipes.TRAIN_EXAMPLES.get(config.data.dataset, 50_000), str(e))
-  config_check.validate_against_dataset(config, info)
-  return Workload(name, config_file, overrides, config, tuple(info.image_shape), info.num_train,
-                  None)
+    return Workload(name, config_file, overrides, run.prepare(config), None)
+  except data.DataError as e:  # No real data: the step still runs, on synthetic batches.
+    return Workload(name, config_file, overrides, run.prepare(config, open_data=False), str(e))
 
 
 def preset_names() -> list[str] | None:
@@ -286,9 +276,8 @@ def measure(workload: Workload, devices, machine: dict) -> tuple[list[dict], lis
   step = flax_step = flax_state = compiled = None
   if 'project' in FLAGS.peers:
     print(f'[{workload.name}] project: compiling the train step ...', flush=True)
-    step = project.compile_train_step(config, workload.image_shape, workload.num_train, devices)
-    flops, step_mem = project.step_stats(step, config, workload.image_shape, workload.num_train,
-                                         devices)
+    step = project.compile_train_step(workload.prepared, devices)
+    flops, step_mem = project.step_stats(step, workload.prepared, devices)
     jax.block_until_ready(step())  # Alone, so that the device's peak memory is the project's.
     built['project'] = dict(lower_s=step.lower_s, compile_s=step.compile_s, flops=flops,
                             step_mem=step_mem, peak_mem=hardware.peak_memory_bytes(devices[0]))
@@ -510,26 +499,21 @@ def measure_in_processes(names: list[str], run_id: str) -> tuple[list[dict], lis
   return rows, notes, lines, failed
 
 
+@cli.one_line_errors
 def main(argv):
   del argv  # cli.parse_flags rejects arguments that are no flags.
-  # tfds and orbax log every file they open at INFO; --verbosity=1 brings them back.
-  if FLAGS.verbosity <= 0:
-    logging.getLogger('absl').setLevel(logging.WARNING)
-  try:
-    check_flags()
-    if not FLAGS.rows_to:
-      check_csv(pathlib.Path(FLAGS.csv))  # Now, not after minutes of timing.
-    names = preset_names()
-    run_id = FLAGS.run_id or (datetime.datetime.now().strftime('%Y%m%dT%H%M%S') +
-                              f'-{os.getpid()}')
-    failed = []
-    if names is not None and len(names) > 1:
-      rows, notes, lines, failed = measure_in_processes(names, run_id)
-    else:
-      rows, notes, lines = measure_here(run_id)
-  except (UserError, RunError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  cli.quiet_library_logs()
+  check_flags()
+  if not FLAGS.rows_to:
+    check_csv(pathlib.Path(FLAGS.csv))  # Now, not after minutes of timing.
+  names = preset_names()
+  run_id = FLAGS.run_id or (datetime.datetime.now().strftime('%Y%m%dT%H%M%S') +
+                            f'-{os.getpid()}')
+  failed = []
+  if names is not None and len(names) > 1:
+    rows, notes, lines, failed = measure_in_processes(names, run_id)
+  else:
+    rows, notes, lines = measure_here(run_id)
   if FLAGS.rows_to:  # A workload's own process: its parent reports.
     with open(FLAGS.rows_to, 'w') as f:
       json.dump({'rows': rows, 'notes': notes, 'lines': lines}, f)
@@ -545,16 +529,10 @@ def main(argv):
   for note in notes:
     print(f'note: {note}')
   path = pathlib.Path(FLAGS.csv)
-  try:
-    append_csv(path, rows)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+  append_csv(path, rows)
   print(f'{len(rows)} rows appended to {path}')
   if failed:  # The rows above are what was measured; a script must not take it for all of it.
-    print(f'error: {", ".join(failed)} could not be measured; the errors are above.',
-          file=sys.stderr)
-    sys.exit(RunError.exit_code)
+    raise RunError(f'{", ".join(failed)} could not be measured; the errors are above.')
 
 
 def run():
