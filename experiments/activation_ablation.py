@@ -23,11 +23,11 @@ import statistics
 import sys
 import time
 
-from experiments import plots, sweep
-from resnet_jax import cli
+from experiments import papers, plots, publish, runner, study
+from resnet_jax import cli, models
 
 STUDY = 'activation_ablation'
-PLACEMENTS = ('original', 'bn_after_add', 'relu_before_add', 'relu_only_preact', 'full_preact')
+PLACEMENTS = models.PLACEMENTS  # Every placement of the table (models/placements.py).
 BUDGETS = {
     'smoke': dict(depths=(20,), placements=('original', 'full_preact'), seeds=1, steps=30,
                   batch_size=32, eval_split='test[:500]', evals=2),
@@ -48,7 +48,7 @@ WHAT_IT_SHOWS = {
              "medians are comparable with the paper's Table 2.",
 }
 DEVIATIONS = [
-    *sweep.COMMON_DEVIATIONS,
+    *study.COMMON_DEVIATIONS,
     'Shortcuts: option A (zero-padding identity) for the basic-block ResNet-20/110, projection '
     '(B) where dimensions increase in the bottleneck ResNet-164, as the paper describes.',
     'The error reported is that of the final step on the test set (no model selection); the '
@@ -59,30 +59,29 @@ DEVIATIONS = [
 ]
 
 
-def build_runs(budget: str, seeds: int | None, dataset: str) -> list[sweep.Run]:
+def build_runs(budget: str, seeds: int | None, dataset: str) -> list[runner.Run]:
   spec = BUDGETS[budget]
-  config_module = __import__(f'configs.{dataset}', fromlist=['get_config'])
   runs = []
   for depth in spec['depths']:
     for placement in spec['placements']:
       for seed in range(seeds or spec['seeds']):
         # Identity Mappings warms every unit up (recipe '2016'), so every placement here does.
-        config = config_module.get_config(f'depth={depth},placement={placement},recipe=2016')
+        config = study.base_config(dataset, f'depth={depth},placement={placement},recipe=2016')
         config.seed = seed
         paper = budget == 'paper'
-        sweep.apply_budget(
+        study.apply_budget(
             config, steps=spec['steps'], batch_size=spec['batch_size'],
             eval_split=spec['eval_split'], evals=spec['evals'], paper=paper,
             warmup_steps=None if paper else round(400 * spec['steps'] / 64_000),
             unrolled=not paper)
-        runs.append(sweep.Run(name=f'{placement}-d{depth}-s{seed}', config=config,
+        runs.append(runner.Run(name=f'{placement}-d{depth}-s{seed}', config=config,
                               meta={'dataset': dataset, 'placement': placement, 'depth': depth,
                                     'seed': seed}))
   return runs
 
 
 def paper_median(dataset: str, depth: int, placement: str) -> float | None:
-  numbers = sweep.paper_numbers()
+  numbers = papers.paper_numbers()
   table = numbers['identity_mappings_table2' if dataset == 'cifar10'
                   else 'identity_mappings_table3_cifar100']
   return table.get(f'ResNet-{depth}', {}).get(placement)
@@ -109,19 +108,20 @@ def summarise(rows: list[dict], dataset: str) -> list[dict]:
   return cells
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  sweep.add_flags(parser)
+  study.add_flags(parser)
   args = parser.parse_args(argv)
   started = time.perf_counter()
   runs = build_runs(args.budget, args.seeds, args.dataset)
-  rows = sweep.run_sweep(runs, args.results_dir, jobs=args.jobs)
+  rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
   wall = time.perf_counter() - started
   cells = summarise(rows, args.dataset)
   out = args.results_dir
-  sweep.write_csv(rows, os.path.join(out, 'results.csv'))
-  title = sweep.plot_title(f'{STUDY} ({args.dataset})', args.budget, rows)
+  publish.write_csv(rows, os.path.join(out, 'results.csv'))
+  title = publish.plot_title(f'{STUDY} ({args.dataset})', args.budget, rows)
   files = ['results.csv']
   files += plots.curves_by_group(
       rows, group='placement', panel='depth', title=title, out_dir=out,
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
 
   paper_label = ('Identity Mappings Table 2 (CIFAR-10, median of 5)' if args.dataset == 'cifar10'
                  else 'Identity Mappings Table 3 (CIFAR-100, median of 5)')
-  table = sweep.markdown_table(cells, ['depth', 'placement', 'runs ok', 'median test error %',
+  table = publish.markdown_table(cells, ['depth', 'placement', 'runs ok', 'median test error %',
                                        'mean +- std %', 'paper median %',
                                        'median train error %'])
   body = [f'**What this budget shows.** {WHAT_IT_SHOWS[args.budget]}', '',
@@ -139,16 +139,16 @@ def main(argv=None) -> int:
           f'Across seeds; "paper median %" is {paper_label}, for ResNet-110/164 only ("-": the '
           'paper has no such cell).', '', table, '',
           '## Runs', '',
-          sweep.markdown_table(rows, ['placement', 'depth', 'seed', 'train_error', 'test_error',
+          publish.markdown_table(rows, ['placement', 'depth', 'seed', 'train_error', 'test_error',
                                       'eval_examples', 'steps', 'wall_s', 'status']), '',
           '## Plots', '',
           *[f'![{f}]({f})' for f in files if f.endswith('.png')], '',
           '## Deviations from the paper', '',
           *[f'- {d}' for d in DEVIATIONS], '']
-  return sweep.publish(out, study=STUDY, title=f'Activation placement ablation, {args.dataset}',
+  return publish.publish(out, study=STUDY, title=f'Activation placement ablation, {args.dataset}',
                        budget=args.budget, rows=rows, files=files, wall_s=wall, body=body,
                        notes=WHAT_IT_SHOWS[args.budget], headline=table)
 
 
 if __name__ == '__main__':
-  sys.exit(sweep.main_guard(main))
+  sys.exit(main())

@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-from experiments import plots, sweep
+from experiments import papers, plots, publish, runner, study
 from resnet_jax import cli
 
 STUDY = 'degradation'
@@ -49,7 +49,7 @@ WHAT_IT_SHOWS = {
              'layers.',
 }
 DEVIATIONS = [
-    *sweep.COMMON_DEVIATIONS,
+    *study.COMMON_DEVIATIONS,
     'Training error is the running average over the last logging window of augmented training '
     "batches (as Fig. 6's training curves are), test error the final step's on the eval split.",
     'smoke and cpu budgets shorten the schedule (lr 0.1 divided by 10 at 50% and 75% of the '
@@ -58,23 +58,22 @@ DEVIATIONS = [
 ]
 
 
-def build_runs(budget: str, seeds: int | None, dataset: str) -> list[sweep.Run]:
+def build_runs(budget: str, seeds: int | None, dataset: str) -> list[runner.Run]:
   spec = BUDGETS[budget]
-  config_module = __import__(f'configs.{dataset}', fromlist=['get_config'])
   runs = []
   for net in NETS:
     for depth in spec['depths']:
       for seed in range(seeds or spec['seeds']):
         shortcut = 'none' if net == 'plain' else 'A'
-        config = config_module.get_config(
-            f'depth={depth},placement=original,shortcut={shortcut},recipe=2015')
+        config = study.base_config(
+            dataset, f'depth={depth},placement=original,shortcut={shortcut},recipe=2015')
         config.model.shortcut = shortcut  # 'none' as a string: the plain net, not the default.
         config.seed = seed
         paper = budget == 'paper'
-        sweep.apply_budget(config, steps=spec['steps'], batch_size=spec['batch_size'],
+        study.apply_budget(config, steps=spec['steps'], batch_size=spec['batch_size'],
                            eval_split=spec['eval_split'], evals=spec['evals'], paper=paper,
                            unrolled=not paper)
-        runs.append(sweep.Run(name=f'{net}-d{depth}-s{seed}', config=config,
+        runs.append(runner.Run(name=f'{net}-d{depth}-s{seed}', config=config,
                               meta={'dataset': dataset, 'net': net, 'depth': depth,
                                     'seed': seed}))
   return runs
@@ -92,7 +91,7 @@ def per_depth(rows: list[dict]) -> list[dict]:
       table.append({'net': net, 'depth': depth, 'runs ok': f'{len(ok)}/{len(group)}',
                     'train error %': statistics.median(train) if train else None,
                     'test error %': statistics.median(test) if test else None,
-                    'paper test error %': (sweep.paper_numbers()['resnet2015_table6']
+                    'paper test error %': (papers.paper_numbers()['resnet2015_table6']
                                            ['residual'].get(depth) if net == 'residual'
                                            else None)})
   return table
@@ -133,19 +132,20 @@ def verdict(table: list[dict]) -> str:
   return ' '.join(sentences)
 
 
+@cli.one_line_errors
 def main(argv=None) -> int:
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  sweep.add_flags(parser)
+  study.add_flags(parser)
   args = parser.parse_args(argv)
   started = time.perf_counter()
-  rows = sweep.run_sweep(build_runs(args.budget, args.seeds, args.dataset), args.results_dir,
+  rows = runner.run_sweep(build_runs(args.budget, args.seeds, args.dataset), args.results_dir,
                          jobs=args.jobs)
   wall = time.perf_counter() - started
   out = args.results_dir
-  sweep.write_csv(rows, os.path.join(out, 'results.csv'))
+  publish.write_csv(rows, os.path.join(out, 'results.csv'))
   table = per_depth(rows)
-  title = sweep.plot_title(f'{STUDY} ({args.dataset}, He et al. 2015 Fig. 6 layout)',
+  title = publish.plot_title(f'{STUDY} ({args.dataset}, He et al. 2015 Fig. 6 layout)',
                            args.budget, rows)
   figure = plots.curves(
       rows, group='depth', panel='net', panel_order=list(NETS),
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
       ylabel='error (%)', title=title + ' - dashed: training error, solid: test error',
       path=os.path.join(out, 'fig6_curves.png'))
   conclusion = verdict(table)
-  table_md = sweep.markdown_table(table, ['net', 'depth', 'runs ok', 'train error %',
+  table_md = publish.markdown_table(table, ['net', 'depth', 'runs ok', 'train error %',
                                           'test error %', 'paper test error %'])
   body = [f'**What this budget shows.** {WHAT_IT_SHOWS[args.budget]}', '',
           f'**From the numbers below.** {conclusion}', '',
@@ -162,16 +162,16 @@ def main(argv=None) -> int:
           '"paper test error %" is Table 6 of He et al. 2015 (residual nets, full recipe); the '
           'paper gives the plain nets as curves only (Fig. 6).', '', table_md, '',
           '## Runs', '',
-          sweep.markdown_table(rows, ['net', 'depth', 'seed', 'train_error', 'test_error',
+          publish.markdown_table(rows, ['net', 'depth', 'seed', 'train_error', 'test_error',
                                       'eval_examples', 'steps', 'wall_s', 'status']), '',
           '## Plot', '', f'![{figure}]({figure})', '',
           '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
   print(conclusion, flush=True)
-  return sweep.publish(out, study=STUDY, title=f'Degradation: plain vs residual nets, '
+  return publish.publish(out, study=STUDY, title=f'Degradation: plain vs residual nets, '
                        f'{args.dataset}', budget=args.budget, rows=rows,
                        files=['results.csv', figure], wall_s=wall, body=body,
                        notes=f'{WHAT_IT_SHOWS[args.budget]} {conclusion}', headline=table_md)
 
 
 if __name__ == '__main__':
-  sys.exit(sweep.main_guard(main))
+  sys.exit(main())

@@ -19,7 +19,7 @@ both norms, for scanned and unrolled nets alike.
 Nets (He et al. 2015 and 2016): plain (shortcut 'none', the 2015 'original' placement), original
 (shortcut A for basic, B for bottleneck nets) and full pre-activation. Each is measured at
 initialisation and at the checkpoints of a short training run made by the sweep runner
-(experiments/sweep.py, hence resnet_jax.train.loop.train_and_evaluate). Identity Mappings Sec. 3
+(experiments/runner.py, hence resnet_jax.train.loop.train_and_evaluate). Identity Mappings Sec. 3
 argues that with identity shortcuts and no activation after the addition, the gradient at any unit
 contains the gradient at the top unchanged, so the first-to-last ratio should stay near 1 for
 pre-activation nets and drift for the others; the tables report whatever is measured.
@@ -38,11 +38,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import plots, sweep
-from resnet_jax import cli, data, models
+from experiments import plots, publish, runner, study
+from resnet_jax import cli, data, host, models
 from resnet_jax.models.units import ResidualUnit
-from resnet_jax.train import loop
+from resnet_jax.train import run as run_lib
 from resnet_jax.train import step as step_lib
+from resnet_jax.train import trained
 
 STUDY = 'gradient_flow'
 NETS = {  # label -> (placement, shortcut); shortcut None is the family's default (A basic, B bottleneck)
@@ -89,7 +90,7 @@ WHAT_IT_SHOWS = {
     'paper': 'Depths 20 to 1001 over the first 16k steps of the paper recipe (batch 128).',
 }
 DEVIATIONS = [
-    *sweep.COMMON_DEVIATIONS,
+    *study.COMMON_DEVIATIONS,
     'The papers give no numbers for these norms, so there is no paper column; Identity Mappings '
     'Sec. 3 gives the argument that the measurements test.',
     'smoke and cpu budgets train with the shortened schedule (lr 0.1 divided by 10 at 50% and '
@@ -173,46 +174,15 @@ def fixed_batch(config, num_images: int):
   return images, jnp.asarray(batch['label'])
 
 
-def init_variables(config, model):
-  """The variables the trainer starts from (resnet_jax.train.state: same seed, same split)."""
-  init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  shape = (1, config.data.image_size, config.data.image_size, 3)
-  return model.init(init_rng, jnp.zeros(shape, jnp.float32), train=False)
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  root = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
-
-
-def checkpoint_variables(workdir: str, step: int) -> dict:
-  """{'params', 'batch_stats'} of the train state that the trainer saved at `step`."""
-  import orbax.checkpoint as ocp  # Only the studies that read checkpoints need orbax.
-  path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'state'))
-  with ocp.StandardCheckpointer() as checkpointer:
-    state = checkpointer.restore(path)
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}
-
-
-def base_config(dataset: str):
-  if dataset == 'cifar100':
-    from configs import cifar100 as module
-  else:
-    from configs import cifar10 as module
-  return module.get_config()
-
-
 def net_config(dataset, depth, net, budget: Budget, seed: int):
   placement, shortcut = NETS[net]
-  config = base_config(dataset)
+  config = study.base_config(dataset)
   config.seed = seed
   config.model.depth = depth
   config.model.placement = placement
   config.model.shortcut = shortcut
   points = budget.train_steps // budget.checkpoint_every
-  sweep.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
+  study.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
                      eval_split=budget.eval_split, evals=points, paper=budget.paper_recipe,
                      unrolled=False,
                      warmup_steps=None if budget.paper_recipe else budget.train_steps // 10)
@@ -227,7 +197,7 @@ def build_runs(budget: Budget, dataset: str, seeds: int) -> list:
   for depth in budget.train_depths:
     for net in NETS:
       for seed in range(seeds):
-        runs.append(sweep.Run(
+        runs.append(runner.Run(
             name=f'{net}{depth}_s{seed}', config=net_config(dataset, depth, net, budget, seed),
             meta={'study': STUDY, 'net': net, 'depth': depth}))
   return runs
@@ -274,13 +244,14 @@ def measure(model, variables, images, labels, fn, **meta):
   started = time.perf_counter()
   result = unit_gradient_norms(model, variables, images, labels, fn)
   return {**meta, **result, 'wall_s': time.perf_counter() - started,
-          'hardware': sweep.hardware()}
+          'hardware': host.devices_line()}
 
 
+@cli.one_line_errors
 def main(argv=None):
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  sweep.add_flags(parser)
+  study.add_flags(parser)
   args = parser.parse_args(argv)
   budget = BUDGETS[args.budget]
   dataset = args.dataset
@@ -290,7 +261,7 @@ def main(argv=None):
   started = time.perf_counter()
 
   runs = build_runs(budget, dataset, seeds)
-  train_rows = sweep.run_sweep(runs, results_dir, jobs=args.jobs)
+  train_rows = runner.run_sweep(runs, results_dir, jobs=args.jobs)
 
   images = labels = None
   measurements = []
@@ -298,18 +269,24 @@ def main(argv=None):
   points += [(net_config(dataset, d, net, budget, 0), {'study': STUDY, 'net': net, 'depth': d},
               0, None) for d in budget.init_depths for net in NETS]
   for config, meta, seed, workdir in points:
-    if workdir and not checkpoint_steps(workdir):
+    steps = trained.saved_steps(workdir) if workdir else []
+    if workdir and not steps:
       continue  # A failed run: its row in the training table says why.
-    model = loop.create_model(config, sync_batch_stats=False)
+    if workdir:  # The run's own config and net, in the layout of its checkpoints.
+      first = trained.load(workdir, str(steps[0]))
+      prepared, model = run_lib.prepare(first.config, open_data=False), first.model
+    else:
+      prepared = run_lib.prepare(config, open_data=False)
+      model = run_lib.model(prepared.config)
     n_images = (budget.big_measure_batch if len(models.unit_names(model)) > 200
                 else budget.measure_batch)
     if images is None or images.shape[0] < n_images:
-      images, labels = fixed_batch(config, max(n_images, budget.measure_batch))
+      images, labels = fixed_batch(prepared.config, max(n_images, budget.measure_batch))
     x, y = images[:n_images], labels[:n_images]
-    steps = [0] + (checkpoint_steps(workdir) if workdir else [])
     fn = gradient_norms_fn(model)
-    for step in steps:
-      variables = init_variables(config, model) if step == 0 else checkpoint_variables(workdir, step)
+    for step in [0] + steps:
+      variables = (run_lib.initial_variables(prepared, model) if step == 0
+                   else trained.read_variables(workdir, step))
       m = measure(model, variables, x, y, fn, net=meta['net'], depth=meta['depth'], seed=seed,
                   step=step, batch=n_images, scan=model.scan)
       measurements.append(m)
@@ -379,7 +356,7 @@ def verdict(measurements) -> str:
 
 
 def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
-  title = sweep.plot_title(STUDY, budget, train_rows)
+  title = publish.plot_title(STUDY, budget, train_rows)
   files = []
   for kind in ('input', 'param'):
     name = f'gradient_{kind}_norms.png'
@@ -388,16 +365,16 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
     files.append(name)
 
   rows = _ratio_rows(measurements)
-  sweep.write_csv(rows, os.path.join(results_dir, 'results.csv'))
+  publish.write_csv(rows, os.path.join(results_dir, 'results.csv'))
   per_unit = [{'net': m['net'], 'depth': m['depth'], 'seed': m['seed'], 'step': m['step'],
                'unit': i + 1, 'name': name, 'input_grad_norm': float(m['input'][i]),
                'param_grad_norm': float(m['param'][i])}
               for m in measurements for i, name in enumerate(m['units'])]
-  sweep.write_csv(per_unit, os.path.join(results_dir, 'per_unit.csv'))
+  publish.write_csv(per_unit, os.path.join(results_dir, 'per_unit.csv'))
   files += ['results.csv', 'per_unit.csv']
 
   fmt = lambda r: {**r, **{k: f'{r[k]:.3g}' for k in r if isinstance(r[k], float)}}
-  headline = sweep.markdown_table(headline_rows(measurements), [
+  headline = publish.markdown_table(headline_rows(measurements), [
       'net', 'depth', 'units', 'input first/last at init', 'param first/last at init',
       'last step', 'input first/last then', 'param first/last then'])
   conclusion = verdict(measurements)
@@ -411,20 +388,20 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
       f'**From the numbers below.** {conclusion}', '',
       '## First-to-last ratios', '', headline, '',
       '## Every measurement', '',
-      sweep.markdown_table([fmt(r) for r in rows],
+      publish.markdown_table([fmt(r) for r in rows],
                            ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
                             'input_first/last', 'param_first/last', 'input_first', 'input_last',
                             'wall_s']),
       '', '## Training runs (through experiments/sweep.py)', '',
-      sweep.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
+      publish.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
                                         'test_error', 'eval_examples', 'wall_s', 'status']),
       '', 'Per-unit norms: per_unit.csv. Plots: ' + ', '.join(
           f'[{f}]({f})' for f in files if f.endswith('.png')), '',
       '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
-  return sweep.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
+  return publish.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
                        rows=train_rows, files=files, wall_s=wall_s, body=body,
                        notes=f'{WHAT_IT_SHOWS[budget]} {conclusion}', headline=headline)
 
 
 if __name__ == '__main__':
-  sys.exit(sweep.main_guard(main))
+  sys.exit(main())

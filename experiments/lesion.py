@@ -3,7 +3,7 @@
   python -m experiments.lesion --budget smoke --results_dir runs/exp/lesion
   python -m experiments.lesion --budget cpu --results_dir DIR --from_workdir runs/c10_pre110
 
-Trains (through experiments/sweep.py) a pre-activation residual net and a plain net of the same
+Trains (through experiments/runner.py) a pre-activation residual net and a plain net of the same
 depth, or takes finished runs (--from_workdir, any number), then at test time deletes residual
 units from the trained weights and records the test error:
 
@@ -35,19 +35,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import plots, sweep
-from experiments.gradient_flow import base_config, checkpoint_steps, checkpoint_variables
-from resnet_jax import cli, data, models
+from experiments import plots, publish, runner, study
+from resnet_jax import cli, data, host, models
 from resnet_jax.models.units import ResidualUnit
-from resnet_jax.train import loop
 from resnet_jax.train import step as step_lib
+from resnet_jax.train import trained
 
 STUDY = 'lesion'
 NETS = {  # label -> (placement, shortcut): Veit et al. lesion a pre-activation ResNet-110.
     'residual': ('full_preact', None),
     'plain': ('original', 'none'),
 }
-# Veit et al. 2016, as transcribed in ../shared/reference/papers.md (read from their figures).
+# Veit et al. 2016, read from their Fig. 3 and 5.
 PAPER = {
     'source': 'Veit et al. 2016 (arXiv 1605.06431), pre-act ResNet-110 (54 units), CIFAR-10',
     'single': 'deleting one non-downsampling unit barely changes the error; a downsampling unit '
@@ -89,7 +88,7 @@ WHAT_IT_SHOWS = {
              'recipe, lesioned on the whole test set.',
 }
 DEVIATIONS = [
-    *sweep.COMMON_DEVIATIONS,
+    *study.COMMON_DEVIATIONS,
     'Veit et al. compare with a VGG-style plain net; here the plain net is the residual net '
     "without its shortcuts (shortcut 'none'), of the same depth and widths.",
     'smoke and cpu budgets train with a shortened schedule (lr 0.1 divided by 10 at 50% and 75% '
@@ -194,31 +193,23 @@ def run_lesions(model, variables, batches, lesions, num_units) -> list[float]:
   return errors
 
 
-def workdir_config(workdir: str):
-  with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def lesion_model_and_variables(config, workdir):
-  """The run's unrolled model (lesions address units by name) and its final variables."""
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise SystemExit(f'{workdir} has no checkpoint to lesion.')
-  model = loop.create_model(config, sync_batch_stats=False)
-  variables = checkpoint_variables(workdir, max(steps))
-  if any(k.endswith('_scan') for k in variables['params']):
-    variables = models.scan_to_unrolled(variables, model)
-  return model.clone(scan=False, remat=False), variables, max(steps)
+def load(workdir: str) -> trained.Trained:
+  """The newest checkpoint of the run in `workdir` (one of --from_workdir, or a run the study
+  trained); a UserError names the workdir."""
+  try:
+    return trained.load(workdir, 'latest')
+  except trained.RunReadError as e:
+    raise trained.RunReadError(f'--from_workdir={workdir} {e}') from None
 
 
 def net_config(dataset, net, budget: Budget, seed: int):
   placement, shortcut = NETS[net]
-  config = base_config(dataset)
+  config = study.base_config(dataset)
   config.seed = seed
   config.model.depth = budget.depth
   config.model.placement = placement
   config.model.shortcut = shortcut
-  sweep.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
+  study.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
                      eval_split=budget.eval_split, evals=4 if budget.paper_recipe else 2,
                      paper=budget.paper_recipe, unrolled=False,
                      warmup_steps=None if budget.paper_recipe else budget.train_steps // 10)
@@ -310,10 +301,11 @@ def _plot(records, nets, units_by_net, path_single, path_k, title):
 NETS_KIND = {}  # net label -> 'residual' or 'plain', for the plot styles
 
 
+@cli.one_line_errors
 def main(argv=None):
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  sweep.add_flags(parser)
+  study.add_flags(parser)
   parser.add_argument('--from_workdir', action='append', default=[],
                       help='a finished training run to lesion instead of training (repeat for '
                            'several, e.g. a residual and a plain run).')
@@ -328,7 +320,7 @@ def main(argv=None):
     rows, targets = [], []
     for workdir in args.from_workdir:
       workdir = os.path.abspath(workdir)
-      config = workdir_config(workdir)
+      config = load(workdir).config
       net = 'plain' if config.model.shortcut == 'none' else 'residual'
       label = f'{net}:{os.path.basename(workdir.rstrip("/"))}'
       summary = {}
@@ -339,23 +331,25 @@ def main(argv=None):
              'test_error': (round(100 * (1 - summary['eval/accuracy']), 4)
                             if 'eval/accuracy' in summary else None),
              'steps': summary.get('step'), 'wall_s': round(summary.get('wall_s', 0.0), 1),
-             'hardware': sweep.hardware(), 'workdir': workdir,
+             'hardware': host.devices_line(), 'workdir': workdir,
              'status': 'ok (from --from_workdir)'}
       rows.append(row)
-      targets.append((label, net, config, workdir, config.seed))
+      targets.append((label, net, workdir, config.seed))
   else:
-    runs = [sweep.Run(name=f'{net}{budget.depth}_s{seed}',
+    runs = [runner.Run(name=f'{net}{budget.depth}_s{seed}',
                       config=net_config(args.dataset, net, budget, seed),
                       meta={'study': STUDY, 'net': net, 'depth': budget.depth})
             for net in NETS for seed in range(seeds)]
-    rows = sweep.run_sweep(runs, results_dir, jobs=args.jobs)
-    targets = [(run.meta['net'], run.meta['net'], run.config, row['workdir'], run.config.seed)
+    rows = runner.run_sweep(runs, results_dir, jobs=args.jobs)
+    targets = [(run.meta['net'], run.meta['net'], row['workdir'], run.config.seed)
                for run, row in zip(runs, rows) if row['status'] == 'ok']
 
   records, units_by_net, nets = [], {}, []
-  for label, kind, config, workdir, seed in targets:
+  for label, kind, workdir, seed in targets:
     NETS_KIND[label] = kind
-    model, variables, step = lesion_model_and_variables(config, workdir)
+    run = load(workdir)
+    config, variables = run.config, run.unrolled_variables()
+    model = run.model.clone(scan=False, remat=False)  # The lesions address units by name.
     units = lesion_units(model)
     units_by_net[label] = units
     if label not in nets:
@@ -369,7 +363,7 @@ def main(argv=None):
           f'{sum(int(y.shape[0]) for _, y in batches)} images in {time.perf_counter() - t:.0f} s; '
           f'intact error {errors[0]:.2f}%', flush=True)
     records += [record(lesion, error, units, net=label, depth=config.model.depth, seed=seed,
-                       checkpoint_step=step, eval_split=budget.eval_split)
+                       checkpoint_step=run.step, eval_split=budget.eval_split)
                 for lesion, error in zip(lesions, errors)]
 
   return write_results(results_dir, args.budget, rows, records, nets, units_by_net,
@@ -377,10 +371,10 @@ def main(argv=None):
 
 
 def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s):
-  title = sweep.plot_title(STUDY, budget, rows)
+  title = publish.plot_title(STUDY, budget, rows)
   files = ['lesion_single.png', 'lesion_k.png']
   _plot(records, nets, units_by_net, *(os.path.join(results_dir, f) for f in files), title)
-  sweep.write_csv(records, os.path.join(results_dir, 'results.csv'))
+  publish.write_csv(records, os.path.join(results_dir, 'results.csv'))
   files.append('results.csv')
 
   # Single deletions: one row per unit, the nets side by side (seed 0).
@@ -419,7 +413,7 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
     row[k_cols[-1]] = f"~{PAPER['k_errors'][k]:.0f}" if k in PAPER['k_errors'] else None
     k_rows.append(row)
 
-  headline = sweep.markdown_table(headline_rows(records, nets, units_by_net), [
+  headline = publish.markdown_table(headline_rows(records, nets, units_by_net), [
       'net', 'method', 'units', 'intact error %', 'one unit (not downsampling): median %',
       'one unit (not downsampling): worst %', 'one downsampling unit: worst %',
       'k = half the units: mean %'])
@@ -432,18 +426,18 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
       'the shape. Paper: ' + PAPER['source'] + '; ' + PAPER['single'] + '.', '',
       '## Summary (seed 0)', '', headline, '',
       '## Training runs', '',
-      sweep.markdown_table(rows, ['net', 'depth', 'seed', 'steps', 'train_error', 'test_error',
+      publish.markdown_table(rows, ['net', 'depth', 'seed', 'steps', 'train_error', 'test_error',
                                   'eval_examples', 'wall_s', 'status']),
-      '', sweep.markdown_table(intact_rows, ['net', 'seed', 'checkpoint_step',
+      '', publish.markdown_table(intact_rows, ['net', 'seed', 'checkpoint_step',
                                              'intact error (lesion eval)', 'eval_split']),
       '', '## Deleting one unit (seed 0)', '',
-      sweep.markdown_table(single_rows, single_cols),
+      publish.markdown_table(single_rows, single_cols),
       '', '## Deleting k random units (seed 0)', '',
-      sweep.markdown_table(k_rows, k_cols),
+      publish.markdown_table(k_rows, k_cols),
       '', 'Plots: [lesion_single.png](lesion_single.png), [lesion_k.png](lesion_k.png). '
       'Every lesion, every draw: results.csv.', '',
       '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
-  return sweep.publish(results_dir, study=STUDY, title='Lesion study (Veit et al. 2016)',
+  return publish.publish(results_dir, study=STUDY, title='Lesion study (Veit et al. 2016)',
                        budget=budget, rows=rows, files=files, wall_s=wall_s, body=body,
                        notes=WHAT_IT_SHOWS[budget], headline=headline)
 
@@ -476,4 +470,4 @@ def headline_rows(records, nets, units_by_net) -> list[dict]:
 
 
 if __name__ == '__main__':
-  sys.exit(sweep.main_guard(main))
+  sys.exit(main())

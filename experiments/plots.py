@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from experiments import sweep  # noqa: E402
+from resnet_jax.metrics import read_metrics  # noqa: E402
 
 
 # docs/results/ commits the studies' figures, so each stays small.
@@ -27,9 +27,22 @@ def save(fig, path: str, dpi: int = 110) -> str:
   return os.path.basename(path)
 
 
+def read_curves(workdir: str) -> dict:
+  """{'train/loss': [(step, value)], 'train/error': ..., 'eval/error': ...} from metrics.jsonl."""
+  out = {'train/loss': [], 'train/error': [], 'eval/error': [], 'eval/loss': []}
+  for r in read_metrics(workdir):
+    if 'train/loss' in r:
+      out['train/loss'].append((r['step'], r['train/loss']))
+      out['train/error'].append((r['step'], 100 * (1 - r['train/accuracy'])))
+    if 'eval/accuracy' in r:
+      out['eval/error'].append((r['step'], 100 * (1 - r['eval/accuracy'])))
+      out['eval/loss'].append((r['step'], r['eval/loss']))
+  return out
+
+
 def median_curve(workdirs: list[str], metric: str) -> list[tuple[int, float]]:
   """The median across runs (seeds) of one metric, at each step that every run logged."""
-  per_run = [dict(sweep.curves(w)[metric]) for w in workdirs]
+  per_run = [dict(read_curves(w)[metric]) for w in workdirs]
   per_run = [c for c in per_run if c]
   if not per_run:
     return []
