@@ -17,7 +17,7 @@ command above, and should reach about 8.2% test error (the paper's median of 5 r
 
 import ml_collections
 
-from configs import default
+from configs import schema
 
 
 def parse_arg(arg: str | None) -> dict:
@@ -62,7 +62,7 @@ def apply_model_args(config, pairs: dict) -> None:
 def cifar_config(arg: str | None, dataset: str):
   """The 2015/2016 CIFAR recipe on `dataset`; its classes and statistics are the dataset's
   (resnet_jax/data/datasets.py), filled in at train time."""
-  config = default.get_config()
+  config = schema.get_config()
   config.data.dataset = dataset
   # The split lives on the devices and each step augments its batch there: on 2 CPU cores the
   # loop then runs at the step's own speed (ResNet-20: 329 img/s against 300 on the grain path;

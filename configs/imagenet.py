@@ -14,11 +14,11 @@ download in place).
 For ResNet-50 the reference points are 76.3% top-1 (Flax example, 100 epochs) and MLPerf's 75.9%.
 """
 
-from configs import cifar10, default
+from configs import cifar10, schema
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config()
+  config = schema.get_config()
   config.model.family = 'imagenet'
   config.model.depth = 50
   config.model.dtype = 'bfloat16'

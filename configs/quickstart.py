@@ -7,11 +7,11 @@ reaches 97.2% test accuracy on the 360 held-out digits in about 45 s on a 2-core
 (docs/results.md has the measured figures), checkpointing every 200 steps.
 """
 
-from configs import default
+from configs import schema
 
 
 def get_config():
-  config = default.get_config()
+  config = schema.get_config()
   config.model.placement = 'full_preact'
   config.model.depth = 20
   config.model.shortcut = 'B'

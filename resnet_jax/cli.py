@@ -36,6 +36,18 @@ def one_line_errors(main):
   return wrapped
 
 
+def define_weights_flags(what: str, weight_file: bool = True) -> None:
+  """--workdir (the run `what`), --checkpoint and, with weight_file, --model: the flags of the
+  commands that read a trained model (resnet_jax.train.trained.open_weights)."""
+  flags.DEFINE_string('workdir', None, f'The run {what}.')
+  flags.DEFINE_string('checkpoint', 'best', "'best' (the best eval accuracy in metrics.jsonl), "
+                      "'latest' or a step number.")
+  if weight_file:
+    flags.DEFINE_string('model', None, 'A weight file (resnet_jax.export, resnet_jax.convert) '
+                        'instead of a run.')
+  register_key_flags(('workdir', 'checkpoint') + (('model',) if weight_file else ()))
+
+
 def check_output_file(flag: str, path: str) -> None:
   """A path a command can write its file to, or a UserError naming the flag."""
   folder = os.path.dirname(os.path.abspath(path))
@@ -58,7 +70,7 @@ def _similar_file(path: str) -> str:
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`FILE[:ARG]` -> the ConfigDict that FILE's `get_config(ARG)` returns, checked against
-  configs/default.py; any failure is a ConfigError that names the file and the argument."""
+  configs/schema.py; any failure is a ConfigError that names the file and the argument."""
   path, has_arg, arg = spec.partition(':')
   flag = f'--config={spec}'
   if not os.path.isfile(path):
@@ -140,7 +152,7 @@ def _override_error(argv, error: Exception) -> ConfigError | None:
       if part not in node:
         close = difflib.get_close_matches(part, list(node), 1, 0.75)
         hint = f'; did you mean --{path}.{close[0]}?' if close else '.'
-        return ConfigError(f'{arg}: {path} has no key {part!r}{hint} configs/default.py lists '
+        return ConfigError(f'{arg}: {path} has no key {part!r}{hint} configs/schema.py lists '
                            'every key.')
       parent, node, path = node, node[part], f'{path}.{part}'
     if isinstance(node, ml_collections.ConfigDict):

@@ -9,9 +9,10 @@ import math
 import numbers
 import os
 
+import flax.traverse_util
 import ml_collections
 
-from configs import default
+from configs import schema
 from resnet_jax import models, parallel
 from resnet_jax.data import datasets, device
 from resnet_jax.errors import UserError
@@ -24,7 +25,7 @@ class ConfigError(UserError, ValueError):
 
 def _choice(config, key: str, allowed) -> None:
   value = _get(config, key)
-  # None stands only where configs/default.py has a placeholder (check_structure): derived later.
+  # None stands only where configs/schema.py has a placeholder (check_structure): derived later.
   if value is not None and value not in allowed:
     raise ConfigError(f'config.{key}={value!r} is not allowed; choose one of {tuple(allowed)}.')
 
@@ -43,7 +44,7 @@ def _is_number(value) -> bool:
 
 
 def _fits(value, kind) -> bool:
-  """Whether `value` can stand where configs/default.py has a value of type `kind`."""
+  """Whether `value` can stand where configs/schema.py has a value of type `kind`."""
   if kind is bool:
     return isinstance(value, bool)
   if kind is int:
@@ -74,7 +75,7 @@ def _compare(config, reference, prefix: str, missing: list, problems: list) -> N
       else:
         problems.append(f'{name}={value!r} must be a ConfigDict of keys like {", ".join(expected)}')
     elif value is None:
-      # Placeholders (None in configs/default.py) are optional; nothing else is.
+      # Placeholders (None in configs/schema.py) are optional; nothing else is.
       if expected is not None:
         problems.append(f'{name}=None must be {TYPE_NAMES.get(kind, kind.__name__)}')
     elif not _fits(value, kind):
@@ -86,34 +87,29 @@ def _compare(config, reference, prefix: str, missing: list, problems: list) -> N
 
 
 def check_structure(config) -> None:
-  """Raises ConfigError unless `config` has exactly the keys of configs/default.py, with values of
-  their types (None only where default.py has a placeholder), so that no later line trips over a
+  """Raises ConfigError unless `config` has exactly the keys of configs/schema.py, with values of
+  their types (None only where schema.py has a placeholder), so that no later line trips over a
   missing key or a string where a number belongs."""
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f'the config is a {type(config).__name__}, not an ml_collections.ConfigDict; '
-                      'build it from configs/default.py: config = default.get_config().')
+                      'build it from configs/schema.py: config = schema.get_config().')
   missing, problems = [], []
-  _compare(config, default.get_config(), 'config.', missing, problems)
+  _compare(config, schema.get_config(), 'config.', missing, problems)
   if missing:
     problems.insert(0, f'missing keys {", ".join(missing)}')
   if missing or any(p.startswith('unknown') for p in problems):
-    problems.append('every key of configs/default.py must be there and no other: start from '
-                    'default.get_config() and override keys (a new key belongs in default.py)')
+    problems.append('every key of configs/schema.py must be there and no other: start from '
+                    'schema.get_config() and override keys (a new key belongs in schema.py)')
   if problems:
     raise ConfigError('; '.join(problems) + '.')
 
 
-def _non_finite(config, prefix: str = ''):
+def _non_finite(config):
   """(key, value) of the first NaN or infinite number anywhere in the config, or None."""
-  for key, value in config.items():
-    name = prefix + key
-    if isinstance(value, ml_collections.ConfigDict):
-      found = _non_finite(value, name + '.')
-      if found:
-        return found
-    elif any(_is_number(v) and not math.isfinite(v)
-             for v in (value if isinstance(value, (tuple, list)) else (value,))):
-      return name, value
+  for key, value in flax.traverse_util.flatten_dict(config.to_dict(), sep='.').items():
+    if any(_is_number(v) and not math.isfinite(v)
+           for v in (value if isinstance(value, (tuple, list)) else (value,))):
+      return key, value
   return None
 
 
@@ -224,8 +220,7 @@ def check_init_from_fits(config, problems: list[str], head: str = 'params/head/'
     problems = [p for p in problems if not p.startswith(head)]
   if not problems:
     return
-  first = '; '.join(problems[:3])
-  count = f'{len(problems)} difference{"s" if len(problems) > 1 else ""}, e.g. {first}'
+  count = models.weight_file.describe(problems)
   if all(p.startswith(head) for p in problems):
     raise ConfigError(
         f'config.init_from={config.init_from!r}: its classifier does not fit this model ({count}); '

@@ -7,7 +7,7 @@ So the entry points (resnet_jax.main, a sweep's run process, benchmarks.throughp
 with the final config before anything touches a device. Later in a process it is too late: then
 `apply` changes nothing and says so.
 
-What each key does, and the measurements behind its default, are in configs/default.py and
+What each key does, and the measurements behind its default, are in configs/schema.py and
 docs/benchmarks.md. None changes a result: they order or place the same kernels.
 """
 

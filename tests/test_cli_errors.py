@@ -27,13 +27,13 @@ FILES = {
     'raises.py': "def get_config():\n  raise RuntimeError('the config is broken')\n",
     'import_error.py': 'from configs import no_such_config\n',
     'returns_none.py': 'def get_config():\n  pass\n',
-    'needs_arg.py': 'from configs import default\n\n'
-                    'def get_config(arg):\n  return default.get_config()\n',
+    'needs_arg.py': 'from configs import schema\n\n'
+                    'def get_config(arg):\n  return schema.get_config()\n',
     'incomplete.py': textwrap.dedent("""\
-        from configs import default
+        from configs import schema
 
         def get_config():
-          config = default.get_config()
+          config = schema.get_config()
           del config['data']
           del config.model['depth']
           return config
@@ -68,7 +68,7 @@ def row(*args, words, code=2, env=None, module='resnet_jax.main', workdir=True):
 GROUPS = {
     # Unknown keys and typos: ml_collections' "did you mean", not its KeyError traceback.
     'unknown keys': [
-        row(QUICK, '--config.foo=1', words=["config has no key 'foo'", 'configs/default.py']),
+        row(QUICK, '--config.foo=1', words=["config has no key 'foo'", 'configs/schema.py']),
         row(QUICK, '--config.batch_szie=3',
             words=['batch_szie', 'did you mean --config.batch_size?']),
         row(QUICK, '--config.model.depht=20',
@@ -141,7 +141,7 @@ GROUPS = {
             words=['returns_none.py returns a config that cannot work', 'NoneType']),
         row('--config={tmp}/needs_arg.py', words=['needs_arg.py needs an argument']),
         row('--config={tmp}/incomplete.py',
-            words=['missing keys config.data, config.model.depth', 'configs/default.py']),
+            words=['missing keys config.data, config.model.depth', 'configs/schema.py']),
         row('--config={tmp}/typo_key.py',
             words=['unknown key config.data.agument', 'did you mean config.data.augment?']),
         row('--config={tmp}/wrong_type.py',
@@ -194,7 +194,7 @@ GROUPS = {
     # python -m resnet_jax.summary: the same one line, not its 59 lines of flag help.
     'summary': [
         row(module='resnet_jax.summary', words=['give --config=FILE', '--table']),
-        row('--config=configs/default.py', '--depth=56', module='resnet_jax.summary',
+        row('--config=configs/schema.py', '--depth=56', module='resnet_jax.summary',
             words=["Unknown command line flag 'depth'"]),
         row('--config=configs/cifar10.py:depth=abc', module='resnet_jax.summary',
             words=["depth='abc' must be an integer"]),
@@ -204,7 +204,7 @@ GROUPS = {
             module='resnet_jax.summary', words=["dtype='float64'"]),
         row('extra', module='resnet_jax.summary', words=["unexpected arguments ['extra']"]),
         row('--config=configs/nope.py', module='resnet_jax.summary', words=['does not exist']),
-        row('--config=configs/default.py', '--config.model.depht=56', module='resnet_jax.summary',
+        row('--config=configs/schema.py', '--config.model.depht=56', module='resnet_jax.summary',
             words=['did you mean --config.model.depth?']),
     ],
 }

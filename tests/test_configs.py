@@ -20,10 +20,11 @@ CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py') if p.name != '__init__.
 def test_config_validates_and_its_docstring_gives_a_command(name):
   module = config_flags.config_flags._LoadConfigModule(name, str(CONFIG_DIR / name))
   config_check.validate(recipes.finalize(module.get_config()))
+  if name == 'schema.py':  # Every key at its default, not a run of its own.
+    return
   assert re.search(r'python -m resnet_jax\.main .*--config=.?configs/', module.__doc__ or '',
                    re.S), f'{name} does not state its command'
-  if name not in ('default.py',):
-    assert '%' in module.__doc__, f'{name} does not state the result it should reach'
+  assert '%' in module.__doc__, f'{name} does not state the result it should reach'
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIGS if n not in ('cifar10.py', 'cifar100.py')])

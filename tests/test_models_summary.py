@@ -27,7 +27,7 @@ def test_summary_of_a_net_named_in_the_config_argument():
 
 
 def test_summary_from_a_config_file():
-  result = _run('--config=configs/default.py', '--config.model.depth=56')
+  result = _run('--config=configs/schema.py', '--config.model.depth=56')
   assert result.returncode == 0, result.stderr
   assert 'cifar ResNet-56' in result.stdout and 'parameters: 853,018' in result.stdout
   digits = _run('--config=configs/quickstart.py')  # The input is the dataset's: 8x8x1.

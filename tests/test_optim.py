@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cifar10, default, imagenet
+from configs import cifar10, schema, imagenet
 from resnet_jax import recipes
 from resnet_jax.train import optim
 
@@ -54,7 +54,7 @@ def test_decay_mask_keeps_bn_and_biases_out():
 
 
 def _one_update(weight_decay_type, decay_bn_and_bias=False):
-  config = default.get_config()
+  config = schema.get_config()
   config.weight_decay_type = weight_decay_type
   config.decay_bn_and_bias = decay_bn_and_bias
   config.weight_decay = 0.1
@@ -81,7 +81,7 @@ def test_l2_decay_enters_momentum_and_decoupled_decay_does_not():
 
 
 def test_nesterov_differs_from_heavy_ball():
-  config = default.get_config()
+  config = schema.get_config()
   grads = {'w': jnp.ones(1)}
   out = {}
   for name in optim.OPTIMIZERS:
@@ -93,6 +93,6 @@ def test_nesterov_differs_from_heavy_ball():
 
 
 def test_num_epochs_wins_over_num_train_steps():
-  config = default.get_config()
+  config = schema.get_config()
   config.num_epochs = 2.0
   assert optim.num_train_steps(config, 50_000) == 2 * 50_000 // 128

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
+from configs import schema
 from resnet_jax import models, parallel, recipes
 from resnet_jax.train import optim, step as step_lib
 from resnet_jax.train.state import create_train_state
@@ -33,7 +33,7 @@ def _batches():
 
 def _train(backend, num_devices, sync_batch_stats=True):
   """Losses and final parameters of a few steps of a pre-activation ResNet-20."""
-  config = default.get_config()
+  config = schema.get_config()
   # A moderate step keeps float32 reduction-order noise from being amplified through BN's
   # backward pass over a few steps; the comparison then holds to a tight tolerance.
   config.learning_rate = 0.02

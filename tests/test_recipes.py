@@ -32,7 +32,7 @@ SHIPPED = {
     'cifar10_resnet32.py': (0, 'linear', 0.01, 2000),
     'cifar10_resnet44.py': (0, 'linear', 0.01, 2000),
     'cifar10_resnet56.py': (0, 'linear', 0.01, 2000),
-    'default.py': (0, 'linear', 0.01, 2000),
+    'schema.py': (0, 'linear', 0.01, 2000),
     'imagenet.py': (6255, 'linear', 0.01, 6255),
     'imagenet_preact_resnet200.py': (6255, 'linear', 0.01, 6255),
     'imagenet_preact_resnet50.py': (6255, 'linear', 0.01, 6255),

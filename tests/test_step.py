@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from configs import schema
 from resnet_jax import models, parallel
 from resnet_jax.train import optim, step as step_lib
 from resnet_jax.train.state import create_train_state
@@ -50,7 +50,7 @@ def test_top1_and_top5():
 
 
 def test_eval_step_ignores_padding_and_train_step_is_pure():
-  config = default.get_config()
+  config = schema.get_config()
   par = parallel.DataParallel('shard_map', jax.devices()[:2])
   model = models.create_model('cifar', 20, placement='full_preact', dtype='bfloat16',
                               axis_name=parallel.AXIS)

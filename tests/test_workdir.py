@@ -1,4 +1,4 @@
-"""A workdir recorded before a key existed in configs/default.py still resumes.
+"""A workdir recorded before a key existed in configs/schema.py still resumes.
 
 A new key defaults to the behaviour from before it existed, so a recorded config that lacks it
 ran with its default value: the default is no change, any other value is. (Before this, every
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from configs import default
+from configs import schema
 from resnet_jax import recipes
 from resnet_jax.train import workdir as workdir_lib
 
@@ -17,7 +17,7 @@ KEY = ('model', 'resnet_d')  # Any key works; this one defaults to False.
 
 
 def _config(**model):
-  config = default.get_config()
+  config = schema.get_config()
   for name, value in model.items():
     config.model[name] = value
   return recipes.finalize(config)

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import default
+from configs import schema
 from resnet_jax import models
 from resnet_jax.data import datasets
 from resnet_jax.errors import UserError
@@ -57,18 +57,9 @@ class Trained:
 
 
 def saved_steps(workdir: str) -> list[int]:
-  """The steps with a finished checkpoint in `workdir`, ascending."""
-  root = epath.Path(workdir) / 'checkpoints'
-  if not root.is_dir():
-    return []
-  steps = []
-  for path in root.iterdir():
-    # Off the local disk (gs://) a step directory is written in place, finished once it holds
-    # orbax's commit marker.
-    if path.name.isdigit() and (workdir_lib.is_local(workdir)
-                                or (path / 'commit_success.txt').exists()):
-      steps.append(int(path.name))
-  return sorted(steps)
+  """The steps with a finished checkpoint in `workdir`, ascending (orbax's own reading: a save
+  in flight, or a step directory on gs:// without its commit marker, is no step)."""
+  return sorted(ocp.utils.checkpoint_steps(epath.Path(workdir) / 'checkpoints'))
 
 
 def choose_step(workdir: str, checkpoint: str = 'best') -> tuple[int, str]:
@@ -102,7 +93,7 @@ def choose_step(workdir: str, checkpoint: str = 'best') -> tuple[int, str]:
 
 
 def _with_defaults(recorded: dict, defaults: dict) -> dict:
-  """A recorded config with the keys it lacks (added to configs/default.py since) at their
+  """A recorded config with the keys it lacks (added to configs/schema.py since) at their
   defaults, as workdir.result_changes counts them."""
   merged = dict(defaults)
   for key, value in recorded.items():
@@ -131,7 +122,7 @@ def read_config(workdir: str, step: int) -> ml_collections.ConfigDict:
   if recorded is None:
     raise RunReadError('has checkpoints but no config.json, so its model is unknown')
   return ml_collections.ConfigDict(
-      _with_defaults(recorded, workdir_lib.as_dict(default.get_config())))
+      _with_defaults(recorded, workdir_lib.as_dict(schema.get_config())))
 
 
 class _QuietMetadataWarning(logging.Filter):
@@ -201,7 +192,7 @@ def describe(trained: Trained) -> str:
 class Weights:
   """A net and its weights, from a run's checkpoint or from a weight file.
 
-  `data`: a complete config.data (configs/default.py's keys) whose dataset, eval_split,
+  `data`: a complete config.data (configs/schema.py's keys) whose dataset, eval_split,
   image_size, mean, std and crop_fraction are the run's or the file's. `class_names`: from the
   file, or None (resnet_jax.data.images.class_names finds a run's). `step`, `workdir`: None for a
   file.
@@ -236,7 +227,7 @@ def open_weights(workdir: str | None = None, model_file: str | None = None,
     model, variables = models.weight_file.build(pretrained, model_file)
   except models.PretrainedError as e:
     raise UserError(str(e)) from None
-  data = default.get_config().data
+  data = schema.get_config().data
   recorded = {k: tuple(v) if isinstance(v, list) else v
               for k, v in pretrained.data_config.items() if k in data}
   # An eval needs no augmentation, and 'none' takes images of any size.

@@ -9,7 +9,7 @@ A sweep launches hundreds of runs, so a workdir is checked before anything in it
 * `check_same_run`: a rerun resumes only the run that the workdir holds. Any key that changes the
   result (model, data, optimiser, schedule, seed, batch) must equal the recorded config; the keys
   in `RESULT_NEUTRAL_KEYS` (logging, checkpointing, loading and placement) may change. A key
-  added to configs/default.py since the run was recorded counts as having its default there.
+  added to configs/schema.py since the run was recorded counts as having its default there.
   `config.allow_config_change=True` continues on purpose, and keeps the old config beside the new.
 """
 
@@ -23,7 +23,9 @@ import os
 import socket
 import tempfile
 
-from configs import default
+import flax.traverse_util
+
+from configs import schema
 from resnet_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
@@ -101,15 +103,9 @@ def lock(workdir: str, enabled: bool = True):
     os.close(fd)  # Closing the descriptor releases the flock.
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
+def flatten(tree: dict) -> dict:
   """{'model': {'depth': 20}} -> {'model.depth': 20}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+  return flax.traverse_util.flatten_dict(tree, sep='.')
 
 
 def as_dict(config) -> dict:
@@ -133,13 +129,13 @@ class _Absent:
 def result_changes(recorded: dict, config: dict) -> list[tuple[str, object, object]]:
   """The keys, outside RESULT_NEUTRAL_KEYS, whose values differ: (key, recorded, new).
 
-  A key that `recorded` lacks was added to configs/default.py after that run was recorded. A new
+  A key that `recorded` lacks was added to configs/schema.py after that run was recorded. A new
   key defaults to the behaviour from before it existed, so the recorded run had its default value:
   the current default is no change, any other value is. Without this, every new key would make
   every existing workdir (and every finished experiment run) refuse to resume.
   """
   old, new = flatten(recorded), flatten(config)
-  defaults = flatten(as_dict(default.get_config()))
+  defaults = flatten(as_dict(schema.get_config()))
   missing = object()
   changes = []
   for key in sorted(set(old) | set(new)):

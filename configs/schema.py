@@ -1,12 +1,13 @@
-"""Base configuration: every hyperparameter of a run, with the CIFAR-10 recipe of He et al. 2015.
+"""The schema of a run config: every key, its type and its default.
 
-Variant configs import this file and override a few keys. Run it as it is with
-
-  python -m resnet_jax.main --config=configs/default.py --workdir=runs/default
-
-which trains the 2015 paper's ResNet-20 (option A shortcuts) on CIFAR-10 for 64k steps and should
-reach about 8.75% test error, the paper's figure (Table 6 of arXiv 1512.03385). The full run has not
-been reproduced here yet; docs/results.md has what has been measured.
+resnet_jax.config_check holds every config to these keys and types (a key missing, unknown or of
+another type is a one-line error), and a workdir recorded before a key was added counts that key
+at its default here (resnet_jax/train/workdir.py). The config files import this and override
+what they change. The defaults are He et al. 2015's CIFAR-10 recipe (Sec. 4.2: batch 128, lr 0.1
+divided by 10 at 32k and 48k of 64k steps, weight decay 1e-4, momentum 0.9), so the CIFAR
+configs override little; configs/cifar10_resnet20.py is that recipe's ResNet-20, with its command
+and the paper's result. A None is a placeholder: a key that is derived at train time from the
+final config (resnet_jax.recipes) or that stays unset.
 """
 
 import ml_collections
@@ -75,8 +76,10 @@ def get_config():
   # Multiprocess loading through grain: 0 loads in the main process.
   config.data.worker_count = 0
   config.data.worker_buffer_size = 2
-  # grain's ArrayRecord read-ahead: fewer threads than grain's default of 16 read CIFAR-10 about
-  # 1.8x faster on a 2-core machine; raise both on big hosts.
+  # grain's ArrayRecord readers per loading process. grain's defaults (16 threads, 500 records)
+  # suit remote disks; on local files the threads fight the augmentations for the GIL and grain
+  # scans the whole read-ahead for every record: 4 and 128 read CIFAR-10 about 1.8x faster on 2
+  # cores. More loading processes (worker_count) are the way to scale up.
   config.data.read_threads = 4
   config.data.read_buffer_size = 128
   # Batches staged on the devices ahead of the step that consumes them.
