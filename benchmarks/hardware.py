@@ -1,14 +1,61 @@
-"""What a benchmark ran on: the CPU or accelerator, library versions, and the devices' peak FLOP/s.
+"""What a measurement ran on: the CPU or accelerator, library versions, and the devices' peak
+FLOP/s; the benchmarks and the experiments name the machine through this module.
 
-Imports neither JAX nor PyTorch; callers pass the JAX device in.
+Imports neither JAX nor PyTorch at import time.
 """
 
 import dataclasses
+import importlib.metadata
 import os
-
-from resnet_jax import host
+import platform
 
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch', 'torchvision')
+# The libraries whose versions a study's result depends on.
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets',
+            'numpy', 'matplotlib')
+
+
+def cpu_model() -> str:
+  """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+  """The cores this process may run on (its affinity), which is what JAX and PyTorch use."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def package_versions(packages=PACKAGES) -> dict[str, str]:
+  """Python and the installed version of each of `packages` (those not installed left out)."""
+  found = {'python': platform.python_version()}
+  for package in packages:
+    try:
+      found[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return found
+
+
+def devices_line() -> str:
+  """'cpu: <model> x2 cores, jax 0.10.2' or 'gpu: NVIDIA H200 x1, jax ...': the devices this
+  process's JAX runs on (this starts JAX's backends)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  if devices[0].platform == 'cpu':
+    name = f'cpu: {cpu_model()} x{cpu_count()} cores'
+  else:
+    name = f'{devices[0].platform}: {devices[0].device_kind} x{len(devices)}'
+  return f'{name}, jax {jax.__version__}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +114,7 @@ def peak_flops(device_kind: str, dtype: str,
 
 def versions() -> dict[str, str]:
   """The installed version of each of LIBRARIES; '' for those not installed."""
-  found = host.versions(LIBRARIES)
+  found = package_versions(LIBRARIES)
   return {name: found.get(name, '') for name in LIBRARIES}
 
 
@@ -75,8 +122,8 @@ def describe(devices) -> dict:
   """The hardware a run used: `devices` are the JAX devices the project's step runs on."""
   device = devices[0]
   return {'platform': device.platform, 'device_kind': device.device_kind,
-          'device_count': len(devices), 'cpu_model': host.cpu_model(),
-          'cpu_count': host.cpu_count(),
+          'device_count': len(devices), 'cpu_model': cpu_model(),
+          'cpu_count': cpu_count(),
           'load_avg_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else '',
           'xla_flags': os.environ.get('XLA_FLAGS', '')}  # XLA switches change the figures.
 

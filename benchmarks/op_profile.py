@@ -35,11 +35,11 @@ import functools
 from absl import app, flags
 
 from benchmarks import hardware
-from resnet_jax import cli, xla_flags
+from resnet_jax import cli
 from resnet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workload', None, 'A preset of benchmarks.throughput.WORKLOADS (default '
+flags.DEFINE_string('workload', None, 'A preset of benchmarks.workloads.WORKLOADS (default '
                     'cifar_r20_fp32), or give --config.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps before the profile.')
 flags.DEFINE_integer('steps', 5, 'Profiled steps.')
@@ -263,20 +263,16 @@ def _table(columns: dict) -> str:
 flags.DEFINE_string('torch_spec', None, 'Internal: run the PyTorch side with this JSON spec.')
 
 
-def _workload(throughput):
+def _workload():
+  from benchmarks import workloads
   if FLAGS.config is not None:
     if FLAGS.workload is not None:
       raise UserError('give --workload or --config, not both')
-    spec = FLAGS['config'].config_filename
-    config = FLAGS.config.copy_and_resolve_references()
-    xla_flags.apply(config)  # Profile what the trainer runs (preset() applies it too).
-    return throughput.make_workload(
-        os.path.basename(spec.partition(':')[0]).removesuffix('.py'), spec,
-        ' '.join(a for a in sys.argv[1:] if a.startswith('--config.')), config)
+    return workloads.from_config_flag(FLAGS['config'])
   name = FLAGS.workload or 'cifar_r20_fp32'
-  if name not in throughput.WORKLOADS:
-    raise UserError(f'--workload={name!r} is not one of {", ".join(throughput.WORKLOADS)}')
-  return throughput.preset(name)
+  if name not in workloads.WORKLOADS:
+    raise UserError(f'--workload={name!r} is not one of {", ".join(workloads.WORKLOADS)}')
+  return workloads.preset(name)
 
 
 @cli.one_line_errors
@@ -286,8 +282,7 @@ def main(argv):
     print('RESULT ' + json.dumps(profile_torch(json.loads(FLAGS.torch_spec))), flush=True)
     return
   import jax
-  from benchmarks import throughput
-  workload = _workload(throughput)
+  workload = _workload()
   print(hardware.summary_line(hardware.describe(jax.local_devices()[:1])))
   print(', '.join(f'{k} {v}' for k, v in hardware.versions().items() if v))
   print(f'{workload.name}: batch {workload.batch_size}, {workload.dtype}; '

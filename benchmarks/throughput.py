@@ -2,11 +2,11 @@
 
   python -m benchmarks.throughput --config=configs/cifar10_resnet20.py [--config.KEY=VALUE ...]
   python -m benchmarks.throughput --workloads=cifar_r20_fp32,cifar_r56_bf16 --peers=project,flax
-  python -m benchmarks.throughput --workloads=all        # every preset of WORKLOADS
+  python -m benchmarks.throughput --workloads=all        # every preset of workloads.WORKLOADS
   python -m benchmarks.throughput --config=configs/quickstart.py --steps=3 --warmup=1 \
       --loop_steps=8 --loop_warmup=2 --input_batches=3    # a quick check, seconds
 
-For each workload (a config file with its overrides, or a preset of WORKLOADS) it measures, on
+For each workload (a config file with its overrides, or a preset of workloads.WORKLOADS) it measures, on
 one machine, in one process per preset (each with the XLA_FLAGS its config.xla asks for,
 resnet_jax/xla_flags.py, as the trainer would run it):
 
@@ -29,7 +29,6 @@ the method and holds the measured tables.
 """
 
 import csv
-import dataclasses
 import datetime
 import difflib
 import functools
@@ -49,25 +48,14 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 import jax
 from absl import app, flags
 
-from benchmarks import hardware, timing
-from resnet_jax import cli, xla_flags
+from benchmarks import hardware, timing, workloads
+from resnet_jax import cli
 from resnet_jax.errors import RunError, UserError
-from resnet_jax.train import optim
 # benchmarks.project and the peers are imported when the flags have been checked: a mistake on
 # the command line then fails in a second, before orbax, tfds and grain load.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PEERS = ('project', 'flax', 'torch')
-
-# The workloads of issue 8: config file, overrides. 'auto' batch: 256 on accelerators, 32 on CPU.
-_FP32, _BF16 = {'model.dtype': 'float32'}, {'model.dtype': 'bfloat16'}
-WORKLOADS = {
-    'cifar_r20_fp32': ('configs/cifar10_resnet20.py', {'batch_size': 128, **_FP32}),
-    'cifar_r20_bf16': ('configs/cifar10_resnet20.py', {'batch_size': 128, **_BF16}),
-    'cifar_r56_fp32': ('configs/cifar10_resnet56.py', {'batch_size': 128, **_FP32}),
-    'cifar_r56_bf16': ('configs/cifar10_resnet56.py', {'batch_size': 128, **_BF16}),
-    'imagenet_r50_bf16': ('configs/imagenet_resnet50.py', {'batch_size': 'auto', **_BF16}),
-}
 
 COLUMNS = (
     'run_id', 'time', 'workload', 'config', 'overrides', 'impl', 'model', 'batch_size',
@@ -85,7 +73,7 @@ def define_flags() -> None:
   cli.define_config_flag('config', 'Config file FILE or FILE:ARG of one workload; override '
                                   'keys with --config.KEY=VALUE. Or give --workloads.')
   flags.DEFINE_list('workloads', None, f'Presets to run instead of --config: '
-                    f'{", ".join(WORKLOADS)}, or all.')
+                    f'{", ".join(workloads.WORKLOADS)}, or all.')
   flags.DEFINE_list('peers', list(PEERS), f'What to time, of {", ".join(PEERS)}.')
   flags.DEFINE_integer('warmup', 5, 'Untimed steps before the timed ones (every implementation).')
   flags.DEFINE_integer('steps', 50, 'Timed steps; the median is reported (every implementation).')
@@ -106,110 +94,31 @@ def define_flags() -> None:
                       'and append no CSV.')
 
 
-@dataclasses.dataclass
-class Workload:
-  """One config to benchmark, prepared, with what the peers need to build the same step."""
-  name: str
-  config_file: str
-  overrides: str
-  prepared: object  # resnet_jax.train.run.Prepared
-  data_problem: str | None  # Why the real data cannot be read; the step still runs.
-
-  config = property(lambda self: self.prepared.config)
-  image_shape = property(lambda self: self.prepared.image_shape)
-  family = property(lambda self: self.config.model.family)
-  depth = property(lambda self: self.config.model.depth)
-  num_classes = property(lambda self: self.config.model.num_classes)
-  dtype = property(lambda self: self.config.model.dtype)
-  batch_size = property(lambda self: self.config.batch_size)
-  momentum = property(lambda self: self.config.momentum)
-  nesterov = property(lambda self: self.config.optimizer == 'nesterov')
-  weight_decay = property(lambda self: self.config.weight_decay)
-
-  @property
-  def learning_rate(self) -> float:
-    return optim.base_learning_rate(self.config)
-
-  @property
-  def data_pipeline(self) -> str:
-    # config.data.pipeline ('grain' or 'device') where the loop has that choice; grain before.
-    return str(self.config.data.pipeline) if 'pipeline' in self.config.data else 'grain'
-
-  def torch_spec(self) -> dict:
-    return {'family': self.family, 'depth': self.depth, 'num_classes': self.num_classes,
-            'dtype': self.dtype, 'image_shape': list(self.image_shape),
-            'batch_size': self.batch_size, 'learning_rate': self.learning_rate,
-            'momentum': self.momentum, 'nesterov': self.nesterov,
-            'weight_decay': self.weight_decay}
-
-
-def _set(config, key: str, value) -> None:
-  *parents, last = key.split('.')
-  node = config
-  for part in parents:
-    node = node[part]
-  node[last] = value
-
-
-def _config_overrides() -> str:
-  # absl's app.run hands main() only what its flags left over: the overrides are in sys.argv.
-  return ' '.join(a for a in sys.argv[1:] if a.startswith(('--config.', '-config.')))
-
-
-def make_workload(name, config_file, overrides, config) -> Workload:
-  from resnet_jax import data
-  from resnet_jax.train import run
-  try:
-    return Workload(name, config_file, overrides, run.prepare(config), None)
-  except data.DataError as e:  # No real data: the step still runs, on synthetic batches.
-    return Workload(name, config_file, overrides, run.prepare(config, open_data=False), str(e))
-
-
 def preset_names() -> list[str] | None:
   """The presets that --workloads names, checked; None for --config."""
   if (FLAGS.config is None) == (FLAGS.workloads is None):
     raise UserError('give either --config=FILE (one workload, with --config.KEY=VALUE '
-                    f'overrides) or --workloads=NAME,... (presets: {", ".join(WORKLOADS)}, '
-                    'all), not both or neither.')
+                    'overrides) or --workloads=NAME,... (presets: '
+                    f'{", ".join(workloads.WORKLOADS)}, all), not both or neither.')
   if FLAGS.config is not None:
     return None
-  names = list(WORKLOADS) if FLAGS.workloads == ['all'] else FLAGS.workloads
-  unknown = [n for n in names if n not in WORKLOADS]
+  names = list(workloads.WORKLOADS) if FLAGS.workloads == ['all'] else FLAGS.workloads
+  unknown = [n for n in names if n not in workloads.WORKLOADS]
   if unknown:
-    close = difflib.get_close_matches(unknown[0], list(WORKLOADS), 1, 0.6)
+    close = difflib.get_close_matches(unknown[0], list(workloads.WORKLOADS), 1, 0.6)
     raise UserError(f'--workloads: no preset {unknown[0]!r}'
                     f'{f"; did you mean {close[0]}?" if close else "."} Presets: '
-                    f'{", ".join(WORKLOADS)}, all.')
+                    f'{", ".join(workloads.WORKLOADS)}, all.')
   return names
 
 
-def workloads_from_flags() -> list[Workload]:
+def workloads_from_flags() -> list[workloads.Workload]:
   """The workloads of --config or --workloads, each with its config.xla applied first (so only
   the first takes effect in one process: measure_in_processes runs one per process)."""
   names = preset_names()
   if names is None:
-    spec = FLAGS['config'].config_filename  # FILE or FILE:ARG, as given.
-    config = FLAGS.config.copy_and_resolve_references()
-    xla_flags.apply(config)  # Before make_workload starts JAX's backends, as the trainer does.
-    return [make_workload(pathlib.Path(spec.partition(':')[0]).stem, spec, _config_overrides(),
-                          config)]
-  return [preset(name) for name in names]
-
-
-def preset(name: str) -> Workload:
-  """The workload of preset `name` of WORKLOADS ('auto' batch: 32 on CPU, 256 elsewhere),
-  with its config.xla applied before the 'auto' batch starts JAX's backends."""
-  config_file, overrides = WORKLOADS[name]
-  config = cli.load_config(str(ROOT / config_file))
-  for key, value in overrides.items():
-    if value != 'auto':
-      _set(config, key, value)
-  xla_flags.apply(config)
-  if overrides.get('batch_size') == 'auto':
-    config.batch_size = 32 if jax.default_backend() == 'cpu' else 256
-  return make_workload(name, config_file, ' '.join(
-      f'--config.{k}={config.batch_size if v == "auto" else v}' for k, v in overrides.items()),
-                   config)
+    return [workloads.from_config_flag(FLAGS['config'])]
+  return [workloads.preset(name) for name in names]
 
 
 def check_flags() -> None:
@@ -230,7 +139,7 @@ def check_flags() -> None:
     raise UserError(f'--peak_flops={FLAGS.peak_flops} must be positive (FLOP/s of one device).')
 
 
-def _torch_peers(workload: Workload) -> dict:
+def _torch_peers(workload: workloads.Workload) -> dict:
   """The torch_peers subprocess's result, or why there is none."""
   if importlib.util.find_spec('torch') is None:
     return {'rows': [], 'skipped': [
@@ -247,7 +156,7 @@ def _torch_peers(workload: Workload) -> dict:
   return json.loads(lines[-1][len('RESULT '):])
 
 
-def measure(workload: Workload, devices, machine: dict) -> tuple[list[dict], list[str]]:
+def measure(workload: workloads.Workload, devices, machine: dict) -> tuple[list[dict], list[str]]:
   """The rows of one workload (project first) and notes on what was skipped and why."""
   from benchmarks import project
   from benchmarks.peers import flax_minimal
