@@ -39,7 +39,8 @@ import numpy as np
 import optax
 
 from experiments import plots, publish, runner, study
-from resnet_jax import cli, data, host, models
+from benchmarks import hardware
+from resnet_jax import cli, data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import run as run_lib
 from resnet_jax.train import step as step_lib
@@ -244,7 +245,7 @@ def measure(model, variables, images, labels, fn, **meta):
   started = time.perf_counter()
   result = unit_gradient_norms(model, variables, images, labels, fn)
   return {**meta, **result, 'wall_s': time.perf_counter() - started,
-          'hardware': host.devices_line()}
+          'hardware': hardware.devices_line()}
 
 
 @cli.one_line_errors

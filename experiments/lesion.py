@@ -36,7 +36,8 @@ import ml_collections
 import numpy as np
 
 from experiments import plots, publish, runner, study
-from resnet_jax import cli, data, host, models
+from benchmarks import hardware
+from resnet_jax import cli, data, models
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import trained
@@ -331,7 +332,7 @@ def main(argv=None):
              'test_error': (round(100 * (1 - summary['eval/accuracy']), 4)
                             if 'eval/accuracy' in summary else None),
              'steps': summary.get('step'), 'wall_s': round(summary.get('wall_s', 0.0), 1),
-             'hardware': host.devices_line(), 'workdir': workdir,
+             'hardware': hardware.devices_line(), 'workdir': workdir,
              'status': 'ok (from --from_workdir)'}
       rows.append(row)
       targets.append((label, net, workdir, config.seed))

@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 
-from resnet_jax import host
+from benchmarks import hardware
 from resnet_jax.metrics import duration
 from resnet_jax.train import workdir as workdir_lib
 
@@ -69,7 +69,7 @@ def write_manifest(results_dir: str, *, study: str, budget: str, rows: list[dict
   """
   manifest = {
       'study': study, 'budget': budget, 'command': command(),
-      'hardware': sweep_hardware(rows), 'versions': host.versions(),
+      'hardware': sweep_hardware(rows), 'versions': hardware.package_versions(),
       # The runs' own time (all attempts), and this invocation's, which skips finished runs.
       'runs_wall_s': round(sum(row.get('wall_s') or 0 for row in rows), 1),
       'wall_s': round(wall_s, 1),
@@ -101,7 +101,7 @@ def publish(results_dir: str, *, study: str, title: str, budget: str, rows: list
 
 def header(study: str, budget: str, rows: list[dict], wall_s: float) -> str:
   """The first lines of a study's results.md: budget, hardware, versions, time, command."""
-  v = host.versions()
+  v = hardware.package_versions()
   runs_wall = sum(row.get('wall_s') or 0 for row in rows)
   failed_rows = [row for row in rows if failed(row)]
   lines = [

@@ -21,7 +21,8 @@ import time
 
 import ml_collections
 
-from resnet_jax import cli, host, xla_flags
+from benchmarks import hardware
+from resnet_jax import cli, xla_flags
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.metrics import duration, read_metrics
 from resnet_jax.train import optim
@@ -103,7 +104,7 @@ def _row(run: Run, workdir: str, summary: dict | None, status: str, side: dict,
 def run_one(config, workdir: str) -> tuple[dict | None, str, str]:
   """Trains one run in this process: (summary or None, status, hardware)."""
   from resnet_jax.train import loop
-  hw = host.devices_line()
+  hw = hardware.devices_line()
   try:
     summary = loop.train_and_evaluate(config, workdir)
   except (UserError, RunError) as e:

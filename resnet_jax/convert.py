@@ -67,6 +67,16 @@ def read_state_dict(path: str) -> dict:
   return {k: v.detach().cpu().numpy() for k, v in loaded.items() if hasattr(v, 'detach')}
 
 
+def data_config(crop_fraction: float = 224 / 256) -> dict:
+  """torchvision's ImageNet preprocessing (ImageClassification): resize the shorter side to 256,
+  centre crop 224 (its IMAGENET1K_V2 weights: 232, crop_fraction 224/232), and normalise with
+  the statistics of the imagenet2012 record (resnet_jax/data/datasets.py), which are its own."""
+  from resnet_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  record = datasets.TABLE['imagenet2012']
+  return dict(dataset=record.name, eval_split='validation', image_size=224, mean=record.mean,
+              std=record.std, crop_fraction=crop_fraction)
+
+
 def _imagenet_class_names(num_classes: int):
   """torchvision's ImageNet class names, where torchvision is installed; else None."""
   if num_classes != 1000:
@@ -97,7 +107,7 @@ def convert(source: str, arch: str, in_path: str, out: str,
   except ValueError as e:
     raise errors.UserError(f'{in_path}: {e}; is --arch={arch} right?') from None
   model = models.from_config(model_config, scan=False)
-  models.save_pretrained(out, variables, model, model_config, tv.data_config(crop_fraction),
+  models.save_pretrained(out, variables, model, model_config, data_config(crop_fraction),
                          _imagenet_class_names(model_config['num_classes']),
                          source=f'torchvision {arch} from {os.path.basename(in_path)}')
   count = sum(x.size for x in jax.tree.leaves(variables['params']))

@@ -17,3 +17,8 @@ class RunError(Exception):
   Whatever was on disk before stays intact, and the workdir stays resumable.
   """
   exit_code = 1
+
+
+class DataError(UserError, ValueError):
+  """A dataset, split, augmentation or batch size that the input pipeline cannot serve, or data
+  that is missing or damaged; the message says what to change."""

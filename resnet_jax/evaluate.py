@@ -25,18 +25,13 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('workdir', None, 'The run to evaluate (its config.json and checkpoints/).')
-  flags.DEFINE_string('model', None, 'A weight file (resnet_jax.export, resnet_jax.convert) to '
-                      'evaluate instead of a run.')
-  flags.DEFINE_string('checkpoint', 'best', "'best' (the best eval accuracy in metrics.jsonl), "
-                      "'latest' or a step number.")
+  cli.define_weights_flags('to evaluate (its config.json and checkpoints/)')
   flags.DEFINE_string('split', None, "A split of the dataset, in tfds's syntax ('test', "
                       "'train[:5000]'); default: the run's config.data.eval_split.")
   flags.DEFINE_string('data_dir', None, "Where the tfds data is; default: the run's "
                       'config.data.data_dir, else $TFDS_DATA_DIR.')
   flags.DEFINE_integer('eval_batch_size', None, "Examples per batch; default: the run's.")
-  cli.register_key_flags(('workdir', 'model', 'checkpoint', 'split', 'data_dir',
-                          'eval_batch_size'))
+  cli.register_key_flags(('split', 'data_dir', 'eval_batch_size'))
 
 
 @flax.struct.dataclass

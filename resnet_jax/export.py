@@ -16,11 +16,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('workdir', None, 'The run to export; required.')
-  flags.DEFINE_string('checkpoint', 'best', "'best' (the best eval accuracy in metrics.jsonl), "
-                      "'latest' or a step number.")
+  cli.define_weights_flags('to export; required', weight_file=False)
   flags.DEFINE_string('out', None, 'The weight file to write, e.g. model.safetensors; required.')
-  cli.register_key_flags(('workdir', 'checkpoint', 'out'))
+  cli.register_key_flags(('out',))
 
 
 def export(workdir: str, checkpoint: str, out: str) -> str:

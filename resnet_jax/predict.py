@@ -18,14 +18,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('workdir', None, 'The run whose checkpoint classifies.')
-  flags.DEFINE_string('model', None, 'A weight file (resnet_jax.export, resnet_jax.convert) '
-                      'instead of a run.')
-  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number of the run.")
+  cli.define_weights_flags('whose checkpoint classifies')
   flags.DEFINE_integer('top', 5, 'How many classes to print per image.')
   flags.DEFINE_string('data_dir', None, "Where the tfds data is (for the class names); default: "
                       "the run's config.data.data_dir, else $TFDS_DATA_DIR.")
-  cli.register_key_flags(('workdir', 'model', 'checkpoint', 'top', 'data_dir'))
+  cli.register_key_flags(('top', 'data_dir'))
 
 
 def predict(weights, paths, top: int = 5) -> list[list[tuple[int, float]]]:

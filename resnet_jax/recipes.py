@@ -70,8 +70,10 @@ def train_split_size(config) -> int | None:
     raise config_check.ConfigError(f'config.data.train_split: {e}') from None
 
 
-def _from_dataset(config) -> None:
-  """Fills the data keys and the class count left at None from the dataset's record."""
+def from_dataset(config) -> ml_collections.ConfigDict:
+  """A copy of `config` whose data keys and class count left at None are the dataset's (what the
+  input pipeline reads: resnet_jax.train.run opens the data with it, before `finalize`)."""
+  config = config.copy_and_resolve_references()
   record = datasets.get(config.data.dataset)
   fixed = record is not None and record.fixed_size
   for node, key, value in (
@@ -86,6 +88,7 @@ def _from_dataset(config) -> None:
             + ('has images of many sizes' if record else 'is not in resnet_jax/data/datasets.py')
             + f' to take it from; set --config.{name}.')
       node[key] = value
+  return config
 
 
 def finalize(config, num_train_examples: int | None = None) -> ml_collections.ConfigDict:
@@ -97,7 +100,7 @@ def finalize(config, num_train_examples: int | None = None) -> ml_collections.Co
   """
   if isinstance(config, ml_collections.FrozenConfigDict):
     config = config.as_configdict()
-  config = config.copy_and_resolve_references()
+  config = from_dataset(config)
   name = recipe(config)
   for key in ('warmup_epochs', 'eval_every_epochs'):
     if config[key] < 0:
@@ -105,7 +108,6 @@ def finalize(config, num_train_examples: int | None = None) -> ml_collections.Co
           f'config.{key}={config[key]!r}: must be >= 0 (0 leaves the interval to the steps).')
   if num_train_examples is None and (config.warmup_epochs > 0 or config.eval_every_epochs > 0):
     num_train_examples = train_split_size(config)
-  _from_dataset(config)
   warms_up = name == '2016' or (name == '2015' and
                                 config.model.depth >= RECIPE_2015_WARMUP_DEPTH)
   config.recipe = name

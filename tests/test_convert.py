@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax import convert, models
+from resnet_jax.data import datasets
 from resnet_jax.models import torchvision as tv
 from tests import helpers
 from tests.fixtures import torchvision_weights
@@ -48,7 +49,7 @@ def test_converted_resnet18_file_gives_torchvisions_logits(tmp_path):
   assert difference < 1e-4, f'largest difference from torchvision: {difference:.3g}'
   pretrained = models.read_pretrained(str(out))
   assert pretrained.data_config['image_size'] == 224
-  assert pretrained.data_config['mean'] == list(tv.IMAGENET_MEAN)
+  assert pretrained.data_config['mean'] == list(datasets.TABLE['imagenet2012'].mean)
 
 
 def test_converted_resnet50_gives_torchvisions_logits():
@@ -144,7 +145,7 @@ def test_a_converted_net_evaluates_imagenet_style_data(tmp_path):
                                           'resnet18')
   path = tmp_path / 'resnet18.safetensors'
   models.save_pretrained(str(path), variables, models.from_config(config),
-                         config, tv.data_config())
+                         config, convert.data_config())
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=20):
     weights = trained.open_weights(model_file=str(path))
     assert weights.data.dataset == 'imagenet2012' and weights.data.eval_split == 'validation'

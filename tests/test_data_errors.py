@@ -10,7 +10,7 @@ import json
 import pytest
 
 from configs import cifar10_resnet20, quickstart
-from resnet_jax import data
+from resnet_jax import data, recipes
 from tests import helpers
 
 SOURCE = helpers.shared_tfds_dataset()
@@ -27,7 +27,7 @@ def copy(tmp_path):
 
 
 def _config(copy, **data_keys):
-  config = cifar10_resnet20.get_config().data
+  config = recipes.finalize(cifar10_resnet20.get_config()).data
   config.data_dir = str(copy.parents[1])
   config.update(data_keys)
   return config
@@ -161,7 +161,7 @@ def test_an_empty_split_names_the_split_and_the_sizes(copy, key, split):
 
 @pytest.mark.parametrize('key, split', [('train_split', 'train[:0]'), ('eval_split', 'test[:0]')])
 def test_an_empty_digits_split_names_the_split_and_the_sizes(key, split):
-  config = quickstart.get_config().data
+  config = recipes.finalize(quickstart.get_config()).data
   config[key] = split
   message = _error(config)
   assert f"Split {split!r} of dataset 'digits' selects 0 examples" in message

@@ -13,7 +13,6 @@ import pytest
 
 from configs import quickstart
 from resnet_jax import config_check, export, models, parallel
-from resnet_jax.models import weight_file
 from resnet_jax.train import init_from, trained
 from resnet_jax.train import run as run_lib
 from resnet_jax.train.state import create_train_state

@@ -8,24 +8,10 @@ The device data path (config.data.pipeline='device') is `data.device`; the facts
 are in `data.datasets`.
 """
 
-from resnet_jax.data import datasets
-from resnet_jax.data import device
-from resnet_jax.data.errors import DataError
-from resnet_jax.data.pipeline import AUGMENTATIONS
-from resnet_jax.data.pipeline import create_eval_iterator
-from resnet_jax.data.pipeline import create_train_iterator
-from resnet_jax.data.pipeline import dataset_info
-from resnet_jax.data.pipeline import DatasetInfo
-from resnet_jax.data.pipeline import open_source
+from resnet_jax.data import datasets, device
+from resnet_jax.data.pipeline import (AUGMENTATIONS, DatasetInfo, create_eval_iterator,
+                                      create_train_iterator, dataset_info, open_source)
+from resnet_jax.errors import DataError
 
-__all__ = [
-    'AUGMENTATIONS',
-    'DataError',
-    'DatasetInfo',
-    'create_eval_iterator',
-    'create_train_iterator',
-    'dataset_info',
-    'datasets',
-    'device',
-    'open_source',
-]
+__all__ = ['AUGMENTATIONS', 'DataError', 'DatasetInfo', 'create_eval_iterator',
+           'create_train_iterator', 'dataset_info', 'datasets', 'device', 'open_source']

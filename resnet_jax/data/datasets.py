@@ -10,7 +10,7 @@ be read too, with those keys set in its config.
 import dataclasses
 import functools
 
-from resnet_jax.data.errors import DataError
+from resnet_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,13 @@ PIPELINES = ('grain', 'device')
 def get(name: str) -> Dataset | None:
   """The record of `name`, or None for a tfds dataset that is not in the table."""
   return TABLE.get(name)
+
+
+def empty_split_message(name: str, split: str, sizes: dict) -> str:
+  """For a split string that selects no example; `sizes`: examples in each named split."""
+  return (f'Split {split!r} of dataset {name!r} selects 0 examples (the splits hold '
+          f'{", ".join(f"{n!r}: {k}" for n, k in sizes.items())}); a run needs at least one in '
+          'config.data.train_split and in config.data.eval_split.')
 
 
 def read_instructions(name: str, split: str, sizes: dict[str, int]):

@@ -31,7 +31,7 @@ from jax import lax
 
 from resnet_jax.data import integrity
 from resnet_jax.data import pipeline
-from resnet_jax.data.errors import DataError
+from resnet_jax.errors import DataError
 
 # Keeps the augmentation stream apart from the streams that jax.random.key(seed) itself starts
 # (the initial weights, stochastic depth).

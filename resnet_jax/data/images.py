@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from resnet_jax.data import augment
 from resnet_jax.data import datasets
-from resnet_jax.data.errors import DataError
+from resnet_jax.errors import DataError
 
 
 def load(path: str, channels: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader
 from tensorflow_datasets.core.utils import file_utils
 
-from resnet_jax.data.errors import DataError
+from resnet_jax.errors import DataError
 
 
 def rebuild_hint(name: str, data_dir) -> str:

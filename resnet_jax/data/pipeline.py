@@ -27,17 +27,9 @@ from resnet_jax.data import augment
 from resnet_jax.data import datasets
 from resnet_jax.data import digits
 from resnet_jax.data import integrity
-from resnet_jax.data.errors import DataError, empty_split_message
+from resnet_jax.errors import DataError
 
 AUGMENTATIONS = ('cifar', 'shift', 'inception', 'none')
-
-# Reader threads and read-ahead per loading process. grain's defaults (16, 500) are tuned for
-# remote disks; on local ArrayRecord files they cost throughput: the threads fight the
-# augmentations for the GIL, and grain scans the whole read-ahead buffer for every record.
-# 4 and 128 read CIFAR-10 about 1.8x faster on 2 cores. More loading processes
-# (config.data.worker_count) are the way to scale up.
-READ_THREADS = 4
-READ_BUFFER_SIZE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +98,7 @@ def _open_error(name, split, data_dir, error):
   except Exception:  # pylint: disable=broad-except  # A bad split string: tfds's reason says so.
     selected = None
   if selected == 0:
-    return DataError(empty_split_message(name, split, sizes))
+    return DataError(datasets.empty_split_message(name, split, sizes))
   return DataError(f'Cannot read split {split!r} of dataset {name!r} (splits: {sizes}): {reason}')
 
 
@@ -163,16 +155,8 @@ class _Padded:
     return f'Padded({self._source!r}, length={self._length})'
 
 
-def image_size(config, source) -> int:
-  """config.image_size, or where it is None (before resnet_jax.recipes.finalize) the size of
-  fixed-size images as stored."""
-  height, width = source.image_shape[:2]
-  if config.image_size is not None:
-    return config.image_size
-  if height is None or height != width:
-    raise DataError(f'{config.dataset!r} images are not of one square size, so '
-                    'config.data.image_size must be set, e.g. --config.data.image_size=224.')
-  return height
+def _is_fixed(source, size):
+  return tuple(source.image_shape[:2]) == (size, size)
 
 
 def _check(config, source):
@@ -185,41 +169,39 @@ def _check(config, source):
       raise DataError(f'config.data.{key}={tuple(config[key])} needs one value per image '
                       f'channel; {config.dataset!r} images have {channels}.')
   height, width = source.image_shape[:2]
-  size = image_size(config, source)
   if height is None or width is None:
     if config.augment in ('cifar', 'shift'):
       raise DataError(
           f'augment={config.augment!r} pads and crops fixed-size images, but '
           f"{config.dataset!r} images vary in size; use augment='inception' or 'none'.")
-  elif (height, width) != (size, size) and config.augment != 'inception':
+  elif (height, width) != (config.image_size,) * 2 and config.augment != 'inception':
     # Only the inception crop resizes on purpose; anything else is a forgotten image_size.
     raise DataError(
         f'{config.dataset!r} images are {height}x{width} but config.data.image_size='
-        f'{size}; set --config.data.image_size={height}.')
+        f'{config.image_size}; set --config.data.image_size={height}.')
 
 
 def _eval_ops(config, source):
   """The deterministic view: as stored if already image_size, else resize + centre crop."""
-  size = image_size(config, source)
-  if tuple(source.image_shape[:2]) == (size, size):
+  if _is_fixed(source, config.image_size):
     return []
-  return [augment.CenterCrop(size, config.crop_fraction)]
+  return [augment.CenterCrop(config.image_size, config.crop_fraction)]
 
 
 def _train_ops(config, source):
-  size = image_size(config, source)
   if config.augment == 'cifar':
-    return [augment.RandomPadCrop(size, config.pad), augment.RandomFlip()]
+    return [augment.RandomPadCrop(config.image_size, config.pad), augment.RandomFlip()]
   if config.augment == 'shift':  # Pad and crop without the flip, for digits.
-    return [augment.RandomPadCrop(size, config.pad)]
+    return [augment.RandomPadCrop(config.image_size, config.pad)]
   if config.augment == 'inception':
-    return [augment.InceptionCrop(size), augment.RandomFlip()]
+    return [augment.InceptionCrop(config.image_size), augment.RandomFlip()]
   return _eval_ops(config, source)
 
 
 def _read_options(config):
-  return grain.ReadOptions(num_threads=config.get('read_threads', READ_THREADS),
-                           prefetch_buffer_size=config.get('read_buffer_size', READ_BUFFER_SIZE))
+  # Reader threads and read-ahead per loading process (configs/schema.py says why not grain's).
+  return grain.ReadOptions(num_threads=config.read_threads,
+                           prefetch_buffer_size=config.read_buffer_size)
 
 
 def _shard_options(global_batch_size, process_index, process_count):
@@ -249,10 +231,9 @@ def dataset_info(config):
   _check(config, train)
   for source in (train, test):
     _check_readable(config, source)
-  size = image_size(config, train)
   return DatasetInfo(
       num_classes=train.num_classes,
-      image_shape=(size, size, train.image_shape[-1]),
+      image_shape=(config.image_size, config.image_size, train.image_shape[-1]),
       num_train=len(train),
       num_eval=len(test),
   )

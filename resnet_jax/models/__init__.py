@@ -9,7 +9,7 @@
 
 from resnet_jax.models.factory import SCAN_AUTO_MIN_REPEATS, create_model, from_config
 from resnet_jax.models.weight_file import (PretrainedError, load_pretrained, read_pretrained,
-                                          save_pretrained)
+                                           save_pretrained)
 from resnet_jax.models.resnet import (CIFAR, FAMILIES, IMAGENET, SHORTCUTS, ResNet,
                                       scan_to_unrolled, unit_names, unrolled_to_scan)
 from resnet_jax.models.placements import PLACEMENTS

@@ -8,18 +8,18 @@ import jax.numpy as jnp
 from resnet_jax.models import layers, placements
 from resnet_jax.models.resnet import FAMILIES, SHORTCUTS, ResNet
 
-# scan=None picks nn.scan per backend, when the model is created (jax.default_backend()):
+# scan=None picks nn.scan per backend (`scan_by_default`):
 # - Accelerators (GPU, TPU) scan the nets where a stage has more than SCAN_AUTO_MIN_REPEATS - 1
 #   identical units (units 2..n). Compile time of an unrolled net grows with its unit count while
 #   a scanned stage compiles once, and a scanned step costs little there. This turns scan on for
 #   CIFAR 110/164/1001/1202 and ImageNet 101/152/200.
 # - On CPU an unrolled net trains faster at every depth measured, in both dtypes (2 cores, batch
 #   128, unrolled over scanned img/s: float32 ResNet-20 1.06, 56 1.08, 110 1.14 with the unit
-#   fence that float32 nets get on CPU, layers.fusion_fence; bfloat16 ResNet-110 1.45;
-#   docs/benchmarks.md). So the CPU scans only where an unrolled net takes minutes to compile: stages of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more, CIFAR 1001 and 1202
-#   (pre-activation ResNet-1001 unrolled: 457 s to init, lower and compile at batch 128;
-#   scanned: 9 s at batch 32). Its scanned stages use canonical_conv_grads (layers).
-# An explicit scan=True/False always wins. Compile times: benchmarks/compile_time.py.
+#   fence, layers.fusion_fence; bfloat16 ResNet-110 1.45; docs/benchmarks.md). So the CPU scans
+#   only where an unrolled net takes minutes to compile: stages of CPU_SCAN_AUTO_MIN_REPEATS + 1
+#   units or more, CIFAR 1001 and 1202 (pre-activation ResNet-1001 unrolled: 457 s to init,
+#   lower and compile at batch 128; scanned: 9 s at batch 32), with canonical_conv_grads.
+# Compile times: benchmarks/compile_time.py.
 SCAN_AUTO_MIN_REPEATS = 9
 CPU_SCAN_AUTO_MIN_REPEATS = 50
 
@@ -37,11 +37,9 @@ def scan_by_default(stage_sizes, backend=None) -> bool:
 
 def fence_by_default(backend=None, dtype=jnp.float32) -> bool:
   """What unit_fence=None resolves to: on for float32 compute on CPU, where XLA recomputes the
-  residual stream otherwise (unrolled float32 ResNet-20 1.19x, ResNet-56 1.75x the minimal Flax
-  step with it, 1.02x and 1.00x without; docs/benchmarks.md). Off in bfloat16 and float16, whose
-  converts already store the stream (bfloat16 ResNet-20 0.91x, ResNet-56 0.95x with the fence,
-  0.99x and 0.98x without), and on accelerators: not measured there, and XLA:GPU reads a
-  conditional's predicate on the host."""
+  residual stream otherwise (layers.fusion_fence). Off in bfloat16 and float16, whose converts
+  store the stream already (the fence only cost there), and on accelerators: not measured there,
+  and XLA:GPU reads a conditional's predicate on the host. The figures: docs/benchmarks.md."""
   if backend is None:
     backend = jax.default_backend()
   return backend == 'cpu' and dtype == jnp.float32
@@ -88,23 +86,16 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     width: multiplier of every width (stem included).
     dtype, param_dtype: compute and parameter dtypes ('float32', 'bfloat16', 'float16' or the
       jnp types). BN statistics and the logits are float32 whatever they are.
-    scan: run units 2..n of each stage under nn.scan. None decides by the backend that
-      jax.default_backend() names when the model is created (`scan_by_default`): on CPU, only
-      nets with a stage of CPU_SCAN_AUTO_MIN_REPEATS + 1 units or more (CIFAR 1001 and 1202),
-      which unrolled take minutes to compile (unrolled CPU nets train faster); on accelerators,
-      every net with a stage of more than SCAN_AUTO_MIN_REPEATS - 1 identical units (CIFAR 110
-      and deeper, ImageNet 101 and deeper), where scanning cuts the compile time. True/False
-      always wins. Scanned and unrolled nets compute the same function.
+    scan: run units 2..n of each stage under nn.scan; the same function. None: by `backend`
+      (`scan_by_default`: CIFAR 1001 and 1202 on CPU, nets of 110+ layers on accelerators).
     scan_unroll: units per iteration of a scanned stage's loop (nn.scan's unroll); ignored
       without scan.
     remat: rematerialise each unit in the backward pass (nn.remat).
     canonical_conv_grads: the scanned units' convs compute their gradients with convolutions
       in the one layout XLA:CPU's fast path takes inside a loop (layers.canonical_grad_conv),
       the same function; without it a scanned stage runs ~28x slower on CPU. None: on CPU only.
-    unit_fence: in training, pass each unrolled unit's output through layers.fusion_fence, so
-      that XLA reads it in the backward pass instead of recomputing the stage's residual stream
-      up to it; the same function, bit for bit. None: on CPU with float32 compute
-      (`fence_by_default`).
+    unit_fence: in training, pass each unrolled unit's output through layers.fusion_fence; the
+      same function, bit for bit. None: `fence_by_default` (float32 compute on CPU).
     zero_init_last: zero-initialise the last scale of each residual branch (see ResidualUnit).
     stochastic_depth: drop rate p_L of the last unit; unit l of L drops with l/L * p_L
       (Huang et al. 2016). Training then needs rngs={'dropout': key}; 0 needs no rng.
@@ -114,9 +105,8 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       the first 1x1, as the authors' code for ResNet-164/1001 does (resnet-1k-layers).
     axis_name: a named axis (pmap or shard_map) over which BN averages its batch statistics.
     bn_momentum, bn_epsilon: BN running-average momentum (flax convention) and epsilon.
-    backend: the backend ('cpu', 'gpu', 'tpu') for which scan, canonical_conv_grads and
-      unit_fence left at None are chosen; None asks jax.default_backend(), which starts JAX's
-      backends (config_check names one, so that it can run before XLA_FLAGS are set).
+    backend: the backend ('cpu', 'gpu', 'tpu') that scan, canonical_conv_grads and unit_fence
+      left at None are chosen for; None asks jax.default_backend(), which starts JAX's backends.
   """
   _check_choice('family', family, tuple(FAMILIES))
   spec = FAMILIES[family]

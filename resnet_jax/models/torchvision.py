@@ -28,12 +28,6 @@ from resnet_jax.models.weight_file import describe, differences, flatten, unflat
 
 ARCHS = {'resnet18': 18, 'resnet34': 34, 'resnet50': 50, 'resnet101': 101, 'resnet152': 152}
 
-# torchvision's ImageNet preprocessing (ImageClassification): resize the shorter side to 256,
-# centre crop 224 (crop_fraction 224/256), normalise with these, in [0, 255] pixel units.
-# Its IMAGENET1K_V2 weights resize to 232 instead: crop_fraction 224/232.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 def model_config(arch: str, num_classes: int = 1000) -> dict:
   """create_model's keyword arguments for torchvision's `arch`."""
@@ -41,11 +35,6 @@ def model_config(arch: str, num_classes: int = 1000) -> dict:
               num_classes=num_classes, width=1.0, dtype='float32', param_dtype='float32',
               scan=None, remat=False, zero_init_last=False, stochastic_depth=0.0,
               resnet_d=False, stride_in_3x3=True, bn_momentum=0.9, bn_epsilon=1e-5)
-
-
-def data_config(crop_fraction: float = 224 / 256) -> dict:
-  return dict(dataset='imagenet2012', eval_split='validation', image_size=224,
-              mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=crop_fraction)
 
 
 _MODULES = {'stem_conv': 'conv1', 'stem_bn': 'bn1', 'head': 'fc', 'proj_conv': 'downsample.0',

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 
+import flax.traverse_util
 import jax
 import numpy as np
 
@@ -44,21 +45,11 @@ class Pretrained:
 
 def flatten(variables) -> dict:
   """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    flat['/'.join(str(getattr(k, 'key', k)) for k in path)] = leaf
-  return flat
+  return flax.traverse_util.flatten_dict(variables, sep='/')
 
 
 def unflatten(flat: dict) -> dict:
-  tree = {}
-  for name, leaf in flat.items():
-    *parents, last = name.split('/')
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[last] = leaf
-  return tree
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
 def unrolled(variables, model) -> dict:

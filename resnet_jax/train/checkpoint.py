@@ -16,7 +16,6 @@ Nothing a run has saved is lost to a fault:
 
 import dataclasses
 import logging
-import os
 import shutil
 from typing import Any, Sequence
 
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from resnet_jax.errors import RunError, UserError
+from resnet_jax.models import weight_file
 from resnet_jax.train import workdir as workdir_lib
 
 
@@ -223,11 +223,7 @@ class Checkpointer:
     wanted = _leaves_by_name(abstract)
     if not saved:  # No readable array metadata at all: damage, not another model.
       raise ValueError('the checkpoint lists no arrays (its metadata is missing or unreadable)')
-    problems = [f'{k} is not in this model' for k in sorted(set(saved) - set(wanted))]
-    problems += [f'{k} is missing from it' for k in sorted(set(wanted) - set(saved))]
-    problems += [f'{k} has shape {tuple(saved[k].shape)}, this model {tuple(wanted[k].shape)}'
-                 for k in sorted(set(saved) & set(wanted))
-                 if tuple(saved[k].shape) != tuple(wanted[k].shape)]
+    problems = weight_file.differences(saved, wanted, net='this model')
     if problems:
       # Scanned stages are stacked as stage{s}_scan; scan=None resolves by backend and dtype, so
       # the same config can scan on one machine and unroll on another.
@@ -239,7 +235,7 @@ class Checkpointer:
               'to resume it.')
       raise CheckpointMismatch(
           f'the checkpoint of step {step} in {self.directory} does not fit this model '
-          f'({len(problems)} differences, e.g. {"; ".join(problems[:3])}); it was written by '
+          f'({weight_file.describe(problems)}); it was written by '
           'another model config. Rerun with the config that wrote it, or choose another '
           f'--workdir.{hint}')
 

@@ -50,7 +50,7 @@ def prepare(config, open_data: bool = True) -> Prepared:
   config_check.validate(config)
   if not open_data:
     return Prepared(recipes.finalize(config), None)
-  info = data.dataset_info(config.data)
+  info = data.dataset_info(recipes.from_dataset(config).data)
   config = recipes.finalize(config, info.num_train)
   config_check.validate_against_dataset(config, info)
   return Prepared(config, info)
