@@ -178,6 +178,7 @@ def _batch_fingerprints(backend, num_devices, steps=14):
   crops and flips in whatever order, and other numbers for any other example, crop or flip."""
   config = quickstart.get_config()
   config.data.pipeline = 'device'
+  config = recipes.finalize(config)
   par = parallel.DataParallel(backend, jax.devices()[:num_devices])
   split = device.load_split(config.data, config.data.train_split)
   weights = np.random.default_rng(0).normal(size=split['image'].shape[1:]).astype(np.float32)

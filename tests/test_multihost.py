@@ -28,13 +28,14 @@ import jax
 from absl import flags
 flags.FLAGS.mark_as_parsed()
 from configs import quickstart
-from resnet_jax import data
+from resnet_jax import data, recipes
 from resnet_jax.train import loop
 
 class Concatenated:
   """Process 0's and process 1's parts of each global batch, in process order."""
   def __init__(self, config):
-    self.parts = [data.create_train_iterator(config.data, global_batch_size=config.batch_size,
+    final = recipes.finalize(config).data  # The pipeline reads a final config.
+    self.parts = [data.create_train_iterator(final, global_batch_size=config.batch_size,
                                              seed=config.seed, process_index=i, process_count=2)
                   for i in range(2)]
   def __iter__(self):

@@ -1,6 +1,7 @@
 """The trainer end to end on the offline digits: it learns, logs, checkpoints and recovers."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -71,6 +72,27 @@ def test_rerunning_a_finished_run_changes_nothing(trained):
   again = loop.train_and_evaluate(_short_quickstart(), str(workdir), devices=jax.devices()[:1])
   assert again['eval/accuracy'] == summary['eval/accuracy']
   assert (workdir / 'metrics.jsonl').read_text() == before
+
+
+def test_the_run_records_its_layout_and_a_resume_with_scan_none_keeps_it(tmp_path):
+  """config.json records the scan layout the net was built with (readers build the same net),
+  and a rerun whose config leaves scan at None resumes in the recorded layout, whichever this
+  backend would pick (a scanned run from an accelerator resumes on a CPU)."""
+  config = _short_quickstart(steps=4, checkpoint_every_steps=2, eval_every_steps=2,
+                             log_every_steps=2, keep_checkpoints=3, lr_boundaries=(),
+                             warmup_steps=0)
+  assert config.model.scan is None
+  loop.train_and_evaluate(config, str(tmp_path / 'unrolled'), devices=jax.devices()[:1])
+  assert json.loads((tmp_path / 'unrolled' / 'config.json').read_text())['model']['scan'] is False
+  scanned = config.copy_and_resolve_references()
+  scanned.model.scan = True  # Not what the CPU picks for ResNet-20.
+  first = loop.train_and_evaluate(scanned, str(tmp_path / 'scanned'), devices=jax.devices()[:1])
+  (tmp_path / 'scanned' / 'summary.json').unlink()
+  shutil.rmtree(tmp_path / 'scanned' / 'checkpoints' / '4')  # As if killed after step 2's save.
+  resumed = loop.train_and_evaluate(config, str(tmp_path / 'scanned'), devices=jax.devices()[:1])
+  assert resumed['eval/accuracy'] == first['eval/accuracy']
+  assert resumed['train/loss'] == first['train/loss']
+  assert json.loads((tmp_path / 'scanned' / 'config.json').read_text())['model']['scan'] is True
 
 
 def test_an_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path):

@@ -44,8 +44,8 @@ class Pretrained:
 
 
 def flatten(variables) -> dict:
-  """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}."""
-  return flax.traverse_util.flatten_dict(variables, sep='/')
+  """{'params': {'head': {'kernel': x}}} -> {'params/head/kernel': x}, sorted by name."""
+  return dict(sorted(flax.traverse_util.flatten_dict(variables, sep='/').items()))
 
 
 def unflatten(flat: dict) -> dict:
