@@ -2,12 +2,12 @@
 
   python -m benchmarks.throughput --config=configs/cifar10_resnet20.py [--config.KEY=VALUE ...]
   python -m benchmarks.throughput --workloads=cifar_r20_fp32,cifar_r56_bf16 --peers=project,flax
-  python -m benchmarks.throughput --workloads=all        # every preset of workloads.WORKLOADS
+  python -m benchmarks.throughput --workloads=all        # every preset (benchmarks/workloads.py)
   python -m benchmarks.throughput --config=configs/quickstart.py --steps=3 --warmup=1 \
       --loop_steps=8 --loop_warmup=2 --input_batches=3    # a quick check, seconds
 
-For each workload (a config file with its overrides, or a preset of workloads.WORKLOADS) it measures, on
-one machine, in one process per preset (each with the XLA_FLAGS its config.xla asks for,
+For each workload (a config file with its overrides, or a preset of benchmarks/workloads.py) it
+measures, on one machine, in one process per preset (each with the XLA_FLAGS its config.xla asks for,
 resnet_jax/xla_flags.py, as the trainer would run it):
 
 * project: the project's train step alone (benchmarks/project.py), on a synthetic batch that

@@ -160,7 +160,7 @@ def validate(config) -> None:
   _choice(config, 'weight_decay_type', optim.WEIGHT_DECAY_TYPES)
   _choice(config, 'lr_schedule', optim.SCHEDULES)
   _choice(config, 'warmup_mode', optim.WARMUP_MODES)
-  _choice(config, 'distributed.initialize', ('auto', 'on', 'off'))
+  _choice(config, 'distributed.initialize', parallel.INITIALIZE)
   _choice(config, 'data.pipeline', datasets.PIPELINES)
   if config.data.pipeline == 'device':
     record = datasets.get(config.data.dataset)

@@ -28,6 +28,7 @@ from resnet_jax.errors import RunError, UserError
 
 AXIS = 'batch'
 BACKENDS = ('shard_map', 'pmap')
+INITIALIZE = ('auto', 'on', 'off')  # config.distributed.initialize
 
 
 class ParallelError(UserError, ValueError):
@@ -50,8 +51,8 @@ def _should_initialize(cfg, cluster_env: bool) -> bool:
   def fail(message):
     raise ParallelError(f'config.distributed: {message}.')
 
-  if cfg.initialize not in ('auto', 'on', 'off'):
-    fail(f"initialize={cfg.initialize!r} is not allowed; choose one of ('auto', 'on', 'off')")
+  if cfg.initialize not in INITIALIZE:
+    fail(f'initialize={cfg.initialize!r} is not allowed; choose one of {INITIALIZE}')
   given = {k: cfg[k] for k in ('coordinator_address', 'num_processes', 'process_id')
            if cfg[k] is not None}
   if cfg.initialize == 'off':

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from resnet_jax import cli
 from resnet_jax import errors
 from resnet_jax import models
+from resnet_jax.models import abstract_variables
 
 FLAGS = flags.FLAGS
 
@@ -77,12 +78,6 @@ def param_counts(params):
     else:
       stack.extend(v for v in tree.values() if isinstance(v, dict))
   return total, bn
-
-
-def abstract_variables(model, input_shape):
-  """The variables' shapes and dtypes, from jax.eval_shape: nothing is initialised."""
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, model.dtype), train=False))
 
 
 def _unrolled(model):

@@ -11,12 +11,13 @@ from resnet_jax.models.factory import SCAN_AUTO_MIN_REPEATS, create_model, from_
 from resnet_jax.models.weight_file import (PretrainedError, load_pretrained, read_pretrained,
                                            save_pretrained)
 from resnet_jax.models.resnet import (CIFAR, FAMILIES, IMAGENET, SHORTCUTS, ResNet,
-                                      scan_to_unrolled, unit_names, unrolled_to_scan)
+                                      abstract_variables, scan_to_unrolled, unit_names,
+                                      unrolled_to_scan)
 from resnet_jax.models.placements import PLACEMENTS
 from resnet_jax.models.units import ResidualUnit
 
 __all__ = [
-    'CIFAR', 'FAMILIES', 'IMAGENET', 'PLACEMENTS', 'SCAN_AUTO_MIN_REPEATS', 'SHORTCUTS',
+    'CIFAR', 'FAMILIES', 'abstract_variables', 'IMAGENET', 'PLACEMENTS', 'SCAN_AUTO_MIN_REPEATS', 'SHORTCUTS',
     'PretrainedError', 'ResNet', 'ResidualUnit', 'create_model', 'from_config', 'load_pretrained',
     'read_pretrained', 'save_pretrained', 'scan_to_unrolled', 'unit_names', 'unrolled_to_scan',
 ]

@@ -175,6 +175,13 @@ class ResNet(nn.Module):
     return x
 
 
+def abstract_variables(model, input_shape) -> dict:
+  """The variables' shapes and dtypes for inputs of `input_shape` (N, H, W, C), from
+  jax.eval_shape: nothing is initialised."""
+  return jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, model.dtype), train=False))
+
+
 def unit_names(model):
   """Names of the units in order: stage{s}_unit{u}; `unit_mask[j]` acts on unit_names(model)[j]."""
   return [f'stage{s}_unit{u}' for s, size in enumerate(model.stage_sizes, 1)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.models.factory import create_model
+from resnet_jax.models.resnet import abstract_variables
 from resnet_jax.models.weight_file import describe, differences, flatten, unflatten
 
 ARCHS = {'resnet18': 18, 'resnet34': 34, 'resnet50': 50, 'resnet101': 101, 'resnet152': 152}
@@ -86,8 +87,7 @@ def from_torchvision(state_dict: dict, arch: str) -> tuple[dict, dict]:
                         else 1000)
   model = create_model(config['family'], config['depth'], scan=False,
                        num_classes=config['num_classes'])
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                             train=False))
+  shapes = abstract_variables(model, (1, 64, 64, 3))
   flax_shapes = flatten({c: shapes[c] for c in ('params', 'batch_stats')})
   names = {torch_name(n): n for n in flax_shapes}
   wanted = {t: jax.ShapeDtypeStruct(_torch_shape(n, flax_shapes[n].shape), jnp.float32)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from resnet_jax.models.factory import from_config
-from resnet_jax.models.resnet import scan_to_unrolled, unrolled_to_scan
+from resnet_jax.models.resnet import abstract_variables, scan_to_unrolled, unrolled_to_scan
 
 FORMAT = 'resnet_jax'
 FORMAT_VERSION = '1'
@@ -121,8 +121,7 @@ def read_pretrained(path: str) -> Pretrained:
 def check_fits(variables: dict, model, image_shape=(32, 32, 3)) -> list[str]:
   """The differences between unrolled `variables` and what `model` needs, e.g.
   ['params/head/kernel has shape (64, 5) in the weights, (64, 10) in the net']; [] if none."""
-  abstract = jax.eval_shape(lambda: model.clone(scan=False).init(
-      jax.random.key(0), jax.numpy.zeros((1, *image_shape), model.dtype), train=False))
+  abstract = abstract_variables(model.clone(scan=False), (1, *image_shape))
   return differences(flatten(variables), flatten(
       {c: abstract[c] for c in COLLECTIONS if c in abstract}))
 

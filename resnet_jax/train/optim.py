@@ -16,10 +16,9 @@ def num_train_steps(config, num_train_examples: int | None) -> int:
 
   num_train_examples: the size of the training split; None where it is not known."""
   if config.num_epochs > 0:
-    if num_train_examples is None:
+    if num_train_examples is None:  # A dataset outside the table, not opened.
       raise UserError(f'config.num_epochs={config.num_epochs} needs the size of the training '
-                      f'split of {config.data.dataset!r}, which is not known without its data; '
-                      'give --config.num_train_steps=N and --config.num_epochs=0 instead.')
+                      'split; give --config.num_train_steps=N --config.num_epochs=0 instead.')
     return max(1, int(config.num_epochs * num_train_examples // config.batch_size))
   return int(config.num_train_steps)
 

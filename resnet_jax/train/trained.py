@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 
 from configs import schema
 from resnet_jax import models
-from resnet_jax.data import datasets
 from resnet_jax.errors import UserError
 from resnet_jax.metrics import best_eval_step, read_metrics
 from resnet_jax.train import workdir as workdir_lib
@@ -232,9 +231,5 @@ def open_weights(workdir: str | None = None, model_file: str | None = None,
               for k, v in pretrained.data_config.items() if k in data}
   # An eval needs no augmentation, and 'none' takes images of any size.
   data.update({**recorded, 'augment': 'none'})
-  record = datasets.get(data.dataset)
-  for key in ('mean', 'std', 'image_size'):  # A file records them; the dataset's otherwise.
-    if data[key] is None and record is not None:
-      data[key] = record.image_shape[0] if key == 'image_size' else getattr(record, key)
   return Weights(model, variables, data, pretrained.class_names,
                  f'{model_file}' + (f' ({pretrained.source})' if pretrained.source else ''))
