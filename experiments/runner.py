@@ -119,13 +119,18 @@ def _log_to(path: str):
   handler = logging.FileHandler(path)
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   root = logging.getLogger()
-  previous = root.level
+  # The console keeps the sweep's own lines: a handler there already (absl's default one, which
+  # orbax's import installs) gets the run's warnings, not its INFO lines.
+  levels = [(root, root.level)] + [(h, h.level) for h in root.handlers]
+  for console, level in levels[1:]:
+    console.setLevel(max(level, logging.WARNING))
   root.addHandler(handler)
   root.setLevel(logging.INFO)
 
   def undo():
     root.removeHandler(handler)
-    root.setLevel(previous)
+    for thing, level in levels:
+      thing.setLevel(level)
     handler.close()
   return undo
 
