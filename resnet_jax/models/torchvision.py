@@ -3,16 +3,10 @@
 torchvision's ResNets are He et al. 2015's ImageNet nets with the stride of a bottleneck on its
 3x3 conv (v1.5, stride_in_3x3=True), projection shortcuts where the shape changes (option B: a
 1x1 conv and a BN, its `downsample`), symmetric padding k // 2 (resnet_jax.models.layers.conv) and
-BN epsilon 1e-5. So the port is a renaming and a transposition, nothing else:
-
-  conv1, bn1                        stem_conv, stem_bn
-  layer{s}.{u-1}.conv{i}, .bn{i}    stage{s}_unit{u}/conv{i}, bn{i}
-  layer{s}.{u-1}.downsample.0, .1   stage{s}_unit{u}/proj_conv, proj_bn
-  fc                                head
-  conv weight (O, I, H, W)          kernel (H, W, I, O)
-  fc weight (O, I)                  kernel (I, O)
-  BN weight, bias                   params scale, bias
-  BN running_mean, running_var      batch_stats mean, var  (num_batches_tracked is dropped)
+BN epsilon 1e-5. So the port is a renaming (`torch_name`: layer{s}.{u-1}.conv{i} is
+stage{s}_unit{u}/conv{i}, downsample.0 and .1 are proj_conv and proj_bn, fc is head) and a
+transposition of the kernels (conv OIHW to HWIO, dense (out, in) to (in, out)), nothing else;
+num_batches_tracked is dropped.
 
 One difference remains in training mode: PyTorch updates running_var with the unbiased batch
 variance (n / (n - 1) times the biased one that normalises the batch), Flax with the biased one.
