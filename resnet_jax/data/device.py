@@ -29,9 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax.data import integrity
 from resnet_jax.data import pipeline
-from resnet_jax.errors import DataError
 
 # Keeps the augmentation stream apart from the streams that jax.random.key(seed) itself starts
 # (the initial weights, stochastic depth).
@@ -48,13 +46,7 @@ def load_split(config, split: str) -> dict[str, np.ndarray]:
   n, shape = len(source), tuple(source.image_shape)
   images, labels = np.empty((n, *shape), np.uint8), np.empty((n,), np.int32)
   for i in range(n):
-    try:
-      record = source[i]
-    except Exception as e:  # pylint: disable=broad-except  # Whatever the decoder raises.
-      reason = ' '.join(f'{type(e).__name__}: {e}'.split())
-      raise DataError(
-          f'Example {i} of split {split!r} of {config.dataset!r} cannot be read ({reason}). '
-          f'{integrity.rebuild_hint(config.dataset, config.data_dir)}') from None
+    record = pipeline.read_example(config, source, i)
     images[i], labels[i] = record['image'], record['label']
   logging.info('Decoded the %d examples of %s %r into %.0f MB of uint8 in %.1f s.', n,
                config.dataset, split, images.nbytes / 2**20, time.perf_counter() - started)

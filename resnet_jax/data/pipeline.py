@@ -243,14 +243,18 @@ def _check_readable(config, source):
   if isinstance(source, TfdsSource):
     source.check_files()
   for index in (0, len(source) - 1):
-    try:
-      source[index]
-    except Exception as e:  # pylint: disable=broad-except  # Whatever the decoder raises.
-      reason = ' '.join(f'{type(e).__name__}: {e}'.split())
-      raise DataError(
-          f'Example {index} of split {source.split!r} of {config.dataset!r} cannot be read '
-          f'({reason}). {integrity.rebuild_hint(config.dataset, config.data_dir)}'
-      ) from None
+    read_example(config, source, index)
+
+
+def read_example(config, source, index: int) -> dict:
+  """source[index], or a DataError that names the example and says how to rebuild the data."""
+  try:
+    return source[index]
+  except Exception as e:  # pylint: disable=broad-except  # Whatever the decoder raises.
+    reason = ' '.join(f'{type(e).__name__}: {e}'.split())
+    raise DataError(f'Example {index} of split {source.split!r} of {config.dataset!r} cannot be '
+                    f'read ({reason}). {integrity.rebuild_hint(config.dataset, config.data_dir)}'
+                    ) from None
 
 
 def create_train_iterator(config, *, global_batch_size, seed, process_index=None,
