@@ -35,14 +35,15 @@ def parse_arg(arg: str | None) -> dict:
 
 
 def apply_model_args(config, pairs: dict) -> None:
-  """Sets config.model keys from strings, converted to each key's type ('none' sets None)."""
+  """Sets config.model keys from strings, converted to each key's type. 'none' sets None, the
+  default, except for a string key, where it is the string: shortcut=none is the plain net."""
   bools = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False}
   for key, value in pairs.items():
     if key not in config.model:
       raise ValueError(f'config argument {key}={value!r} is not a model key; allowed: recipe, '
                        f'{", ".join(sorted(config.model))}.')
     kind = config.model.get_type(key)  # The type of a None placeholder too (scan, shortcut).
-    if value.lower() in ('none', ''):
+    if value == '' or (value.lower() == 'none' and kind is not str):
       config.model[key] = None
     elif kind is bool:
       if value.lower() not in bools:

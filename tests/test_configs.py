@@ -54,6 +54,9 @@ def test_generic_config_takes_model_keys_as_an_argument():
   assert (config.model.depth, config.model.placement, config.model.shortcut,
           config.model.width) == (110, 'bn_after_add', 'A', 2.0)
   assert cifar10.get_config('depth=56,scan=false').model.scan is False
+  assert cifar10.get_config('depth=56,scan=none').model.scan is None
+  # 'none' is a shortcut option, the plain net, not the family's default (option A).
+  assert cifar10.get_config('depth=56,shortcut=none').model.shortcut == 'none'
 
 
 @pytest.mark.parametrize('arg, message', [
