@@ -103,7 +103,7 @@ def test_stride_placement_v1_and_v1_5():
     return next(n for n in ('conv1', 'conv2') if unit[n]['__call__'][0].shape[1] == halved)
   assert first_strided_conv(models.create_model('imagenet', 50)) == 'conv2'  # the 3x3
   assert first_strided_conv(models.create_model('imagenet', 50, stride_in_3x3=False)) == 'conv1'
-  # CIFAR bottleneck nets stride the first 1x1, as the authors' ResNet-1001 code does.
+  # CIFAR bottleneck nets stride the first 1x1, as resnet-1k-layers' ResNet-1001 does.
   assert first_strided_conv(models.create_model('cifar', 164, scan=False)) == 'conv1'
 
 

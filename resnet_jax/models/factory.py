@@ -102,7 +102,8 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     resnet_d: ImageNet only: the ResNet-D deep stem and average-pool downsampling (Bag of Tricks).
     stride_in_3x3: ImageNet bottleneck nets only: True is v1.5 (torchvision, stride on the 3x3),
       False is v1 (the 2015 paper, stride on the first 1x1). CIFAR bottleneck nets always stride
-      the first 1x1, as the authors' code for ResNet-164/1001 does (resnet-1k-layers).
+      the first 1x1, as resnet-1k-layers (a later Torch re-implementation) does for
+      ResNet-164/1001.
     axis_name: a named axis (pmap or shard_map) over which BN averages its batch statistics.
     bn_momentum, bn_epsilon: BN running-average momentum (flax convention) and epsilon.
     backend: the backend ('cpu', 'gpu', 'tpu') that scan, canonical_conv_grads and unit_fence

@@ -11,9 +11,9 @@ from jax import lax
 ModuleDef = Any
 
 # He et al. 2015 initialise "as in [13]" (Delving Deep into Rectifiers), whose Eq. 10 keeps the
-# forward variance: std = sqrt(2 / fan_in), untruncated normal. The authors' released Torch code
-# and torchvision use fan_out instead; with BN after every conv the two train alike, and fan_in is
-# what the paper's text prescribes.
+# forward variance: std = sqrt(2 / fan_in), untruncated normal. The later Torch
+# re-implementations (fb.resnet.torch, resnet-1k-layers) and torchvision use fan_out instead; with
+# BN after every conv the two train alike, and fan_in is what the paper's text prescribes.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}

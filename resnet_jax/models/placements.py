@@ -47,7 +47,7 @@ class Placement:
   def preact(self) -> bool:
     """Whether the activation comes before each conv, so that the shortcut can share it: the
     appendix pre-activates before the split in projection units and the net's first unit, and
-    its projections are bare convs (the authors' resnet-1k-layers code)."""
+    its projections are bare convs (as in resnet-1k-layers, a Torch re-implementation)."""
     return bool(self.before_conv)
 
   @property

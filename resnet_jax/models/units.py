@@ -30,7 +30,7 @@ class ResidualUnit(nn.Module):
       also takes the pre-activated input: the paper's appendix does this for projection shortcuts
       and for the net's first unit (its pre-activation is the stem's activation).
     stride_in_3x3: bottleneck only. True strides the 3x3 (v1.5, torchvision); False strides the
-      first 1x1 (v1: He et al. 2015 and the authors' resnet-1k-layers code).
+      first 1x1 (v1: He et al. 2015, and resnet-1k-layers' CIFAR nets).
     avg_down: ResNet-D projection (He et al. 2019, "Bag of Tricks"): a 2x2 average pool does the
       striding, then a stride-1 1x1 conv, so the projection sees every pixel.
     zero_init_last: zero the branch's last scale, so that the unit starts as its shortcut
@@ -98,8 +98,8 @@ class ResidualUnit(nn.Module):
       strides = 1
     x = self.conv(self.features, 1, strides, name='proj_conv')(x)
     # A pre-activation projection takes an already normalised input and feeds an un-normalised sum,
-    # so it is a bare conv (the authors' resnet-1k-layers code); post-activation nets add a BN
-    # (torchvision's downsample).
+    # so it is a bare conv (as in resnet-1k-layers, a Torch re-implementation of the 2016 nets);
+    # post-activation nets add a BN (torchvision's downsample).
     if not spec.preact:
       x = self.norm(name='proj_bn')(x)
     return x
