@@ -14,10 +14,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Callable
 
 from absl import app, flags
-import flax
 
 from resnet_jax import cli, errors
 
@@ -34,47 +32,15 @@ def define_flags() -> None:
   cli.register_key_flags(('split', 'data_dir', 'eval_batch_size'))
 
 
-@flax.struct.dataclass
-class EvalState:
-  """What resnet_jax.train.step.eval_step reads of a train state."""
-  params: Any
-  batch_stats: Any
-  apply_fn: Callable = flax.struct.field(pytree_node=False)
-
-
-def evaluate_weights(weights, split: str, eval_batch_size: int, devices=None) -> dict:
-  """{'eval/accuracy', 'eval/top5_accuracy', 'eval/loss', 'eval/num_examples'} of `weights`
-  (resnet_jax.train.trained.Weights) on `split` of its dataset, on all (or `devices`) devices."""
-  from resnet_jax import data, parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import loop, step as step_lib  # pylint: disable=g-import-not-at-top
-  data_config = weights.data.copy_and_resolve_references()
-  data_config.eval_split = split
-  try:
-    source = data.open_source(data_config, split)
-  except data.DataError as e:
-    raise errors.UserError(f'--split={split}: {e}') from None
-  if source.num_classes != weights.model.num_classes:
-    raise errors.UserError(
-        f'the net has {weights.model.num_classes} classes and {data_config.dataset!r} has '
-        f'{source.num_classes}: it was not trained on this dataset.')
-  par = parallel.DataParallel('shard_map', devices)
-  if eval_batch_size <= 0:
-    raise errors.UserError(f'--eval_batch_size={eval_batch_size} must be positive.')
-  parallel.check_batch_size('eval_batch_size', eval_batch_size, par.num_devices)
-  state = par.replicate(EvalState(weights.variables['params'],
-                                  weights.variables.get('batch_stats', {}), weights.model.apply))
-  p_eval_step = par.map(step_lib.normalised(step_lib.eval_step, data_config))
-  result = loop.evaluate_split(p_eval_step, state, data_config, eval_batch_size, par)
-  return {k: float(v) if k != 'eval/num_examples' else int(v) for k, v in result.items()}
-
-
 def result_path(workdir: str, split: str, step: int) -> str:
   # A split string may hold brackets, colons and percent signs: keep file names plain.
   return os.path.join(workdir, f'eval_{re.sub(r"[^A-Za-z0-9._-]", "_", split)}_{step}.json')
 
 
 def run(workdir, model_file, checkpoint, split, data_dir, eval_batch_size) -> dict:
-  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
+  # Imported here: a mistake in the flags fails before JAX, orbax and tfds load.
+  from resnet_jax import data  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import loop, trained  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   weights = trained.open_weights(workdir, model_file, checkpoint)
   if data_dir:
@@ -82,7 +48,12 @@ def run(workdir, model_file, checkpoint, split, data_dir, eval_batch_size) -> di
   split = split or weights.data.eval_split
   if eval_batch_size is None:
     eval_batch_size = weights.eval_batch_size
-  result = evaluate_weights(weights, split, eval_batch_size)
+  if eval_batch_size <= 0:
+    raise errors.UserError(f'--eval_batch_size={eval_batch_size} must be positive.')
+  try:
+    result = loop.evaluate_weights(weights, split, eval_batch_size)
+  except data.DataError as e:
+    raise errors.UserError(f'--split={split}: {e}') from None
   top1, top5 = result['eval/accuracy'], result['eval/top5_accuracy']
   print(f'{weights.description} on {weights.data.dataset} {split!r} '
         f'({result["eval/num_examples"]:,} examples): top-1 {100 * top1:.2f}%, '

@@ -139,7 +139,7 @@ def test_training_mode_matches_torch_up_to_its_unbiased_running_variance():
 def test_a_converted_net_evaluates_imagenet_style_data(tmp_path):
   """evaluate --model on tfds's mock imagenet2012 (images of random sizes, resized and cropped)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from resnet_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from resnet_jax.train import loop  # pylint: disable=import-outside-toplevel
   from resnet_jax.train import trained  # pylint: disable=import-outside-toplevel
   config, variables = tv.from_torchvision(torchvision_weights.state_dict('resnet18', 0),
                                           'resnet18')
@@ -150,6 +150,6 @@ def test_a_converted_net_evaluates_imagenet_style_data(tmp_path):
     weights = trained.open_weights(model_file=str(path))
     assert weights.data.dataset == 'imagenet2012' and weights.data.eval_split == 'validation'
     weights.data.image_size = 64  # For speed; the file records torchvision's 224.
-    result = evaluate.evaluate_weights(weights, 'validation', 8, devices=jax.devices()[:1])
+    result = loop.evaluate_weights(weights, 'validation', 8, devices=jax.devices()[:1])
   assert result['eval/num_examples'] == 20
   assert 0 <= result['eval/accuracy'] <= result['eval/top5_accuracy'] <= 1

@@ -7,13 +7,14 @@ import os
 import signal
 import sys
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import flax
 import jax
 import numpy as np
 
 from resnet_jax import data, parallel
-from resnet_jax.errors import RunError
+from resnet_jax.errors import RunError, UserError
 from resnet_jax.metrics import MetricWriter, Progress, best_eval_step, read_metrics
 from resnet_jax.train import init_from, run, step as step_lib
 from resnet_jax.train import workdir as workdir_lib
@@ -123,6 +124,34 @@ def evaluate_split(p_eval_step, state, data_config, batch_size: int,
   return {'eval/loss': result.loss.compute(), 'eval/accuracy': result.accuracy.compute(),
           'eval/top5_accuracy': result.top5_accuracy.compute(),
           'eval/num_examples': result.accuracy.count}
+
+
+@flax.struct.dataclass
+class EvalState:
+  """What step.eval_step reads of a train state: weights without an optimiser."""
+  params: Any
+  batch_stats: Any
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+
+
+def evaluate_weights(weights, split: str, batch_size: int, devices=None) -> dict:
+  """evaluate_split of `weights` (resnet_jax.train.trained.Weights) on `split` of its dataset,
+  on all (or `devices`) devices, as Python numbers. A split that cannot be read is a DataError,
+  a net of another class count a UserError."""
+  data_config = weights.data.copy_and_resolve_references()
+  data_config.eval_split = split
+  source = data.open_source(data_config, split)
+  if source.num_classes != weights.model.num_classes:
+    raise UserError(f'the net has {weights.model.num_classes} classes and '
+                    f'{data_config.dataset!r} has {source.num_classes}: it was not trained on '
+                    'this dataset.')
+  par = parallel.DataParallel('shard_map', devices)
+  parallel.check_batch_size('eval_batch_size', batch_size, par.num_devices)
+  state = par.replicate(EvalState(weights.variables['params'],
+                                  weights.variables.get('batch_stats', {}), weights.model.apply))
+  p_eval_step = par.map(step_lib.normalised(step_lib.eval_step, data_config))
+  result = evaluate_split(p_eval_step, state, data_config, batch_size, par)
+  return {k: float(v) if k != 'eval/num_examples' else int(v) for k, v in result.items()}
 
 
 def _device_data(config, par: parallel.DataParallel, train_step, start_step: int):
