@@ -78,8 +78,8 @@ def verdict(hypothesis: Hypothesis, differences, expected: int | None = None) ->
     record['why'] = f'{missing} of {expected or len(d)} paired seeds did not finish'
   elif n < 1 or min_p(n) > ALPHA:
     record['verdict'] = 'inconclusive'
-    record['why'] = (f'{n} paired seeds: the test cannot go below p = {min_p(n):.3g} '
-                     f'> {ALPHA}; {math.ceil(math.log2(1 / ALPHA))} or more can')
+    record['why'] = (f'the test cannot go below p = {min_p(n):.3g} > {ALPHA} with {n}; '
+                     f'{math.ceil(math.log2(1 / ALPHA))} or more seeds can')
   else:
     record['verdict'] = 'shown' if p <= ALPHA else 'not shown'
   return record
@@ -91,7 +91,7 @@ def describe(record: dict) -> str:
   numbers = [f'effect {record["effect"]:+.3g}' if record['effect'] is not None else 'no effect',
              f'95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]' if ci else None,
              f'p = {p:.3g} ({record["direction"]})' if p is not None else None,
-             f'{record["n_seeds"]} paired seeds']
+             f'{record["n_seeds"]} paired seed{"s" if record["n_seeds"] != 1 else ""}']
   why = f'; {record["why"]}' if record.get('why') else ''
   return f'**{record["verdict"]}** ({", ".join(x for x in numbers if x)}{why})'
 

@@ -32,7 +32,7 @@ def test_the_direction_is_the_claims():
 
 
 @pytest.mark.parametrize('differences, why', [
-    ([1.0, 2.0, 3.0, 4.0], 'the test cannot go below p = 0.0625'),
+    ([1.0, 2.0, 3.0, 4.0], 'the test cannot go below p = 0.0625 > 0.05 with 4; 5 or more'),
     ([1.0, 2.0, 3.0, 4.0, 5.0, math.nan], '1 of 6 paired seeds did not finish'),
 ])
 def test_too_few_seeds_or_a_missing_run_is_inconclusive_and_says_why(differences, why):
