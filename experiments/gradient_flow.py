@@ -175,7 +175,7 @@ def fixed_batch(config, num_images: int):
   return images, jnp.asarray(batch['label'])
 
 
-def net_config(dataset, depth, net, budget: Budget, seed: int):
+def net_config(dataset, depth, net, budget: Budget, seed: int, overrides=()):
   placement, shortcut = NETS[net]
   config = study.base_config(dataset)
   config.seed = seed
@@ -190,16 +190,18 @@ def net_config(dataset, depth, net, budget: Budget, seed: int):
   # Keep every checkpoint: each one is a measurement point.
   config.keep_checkpoints = points + 1
   config.keep_best_checkpoint = False
+  study.override(config, overrides)
   return config
 
 
-def build_runs(budget: Budget, dataset: str, seeds: int) -> list:
+def build_runs(budget: Budget, dataset: str, seeds=(0,), overrides=(), variant='') -> list:
   runs = []
   for depth in budget.train_depths:
     for net in NETS:
-      for seed in range(seeds):
+      for seed in seeds:
         runs.append(runner.Run(
-            name=f'{net}{depth}_s{seed}', config=net_config(dataset, depth, net, budget, seed),
+            name=f'{net}{depth}_s{seed}{variant}',
+            config=net_config(dataset, depth, net, budget, seed, overrides),
             meta={'study': STUDY, 'net': net, 'depth': depth}))
   return runs
 
@@ -253,22 +255,28 @@ def main(argv=None):
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   study.add_flags(parser)
-  args = parser.parse_args(argv)
+  args = study.parse_args(parser, argv)
   budget = BUDGETS[args.budget]
+  if args.steps:
+    budget = dataclasses.replace(budget, train_steps=args.steps,
+                                 checkpoint_every=min(budget.checkpoint_every, args.steps))
+  if args.depths:
+    budget = dataclasses.replace(budget, train_depths=args.depths, init_depths=())
   dataset = args.dataset
-  seeds = args.seeds or 1
+  seeds = args.seeds or (0,)
   results_dir = os.path.abspath(args.results_dir)
-  os.makedirs(results_dir, exist_ok=True)
   started = time.perf_counter()
 
-  runs = build_runs(budget, dataset, seeds)
+  runs = build_runs(budget, dataset, seeds, args.overrides, args.variant)
+  os.makedirs(results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
   train_rows = runner.run_sweep(runs, results_dir, jobs=args.jobs)
 
   images = labels = None
   measurements = []
   points = [(r.config, r.meta, r.config.seed, row['workdir']) for r, row in zip(runs, train_rows)]
-  points += [(net_config(dataset, d, net, budget, 0), {'study': STUDY, 'net': net, 'depth': d},
-              0, None) for d in budget.init_depths for net in NETS]
+  points += [(net_config(dataset, d, net, budget, 0, args.overrides),
+              {'study': STUDY, 'net': net, 'depth': d}, 0, None)
+             for d in budget.init_depths for net in NETS]
   for config, meta, seed, workdir in points:
     steps = trained.saved_steps(workdir) if workdir else []
     if workdir and not steps:
@@ -390,18 +398,19 @@ def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
       '## First-to-last ratios', '', headline, '',
       '## Every measurement', '',
       publish.markdown_table([fmt(r) for r in rows],
-                           ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
-                            'input_first/last', 'param_first/last', 'input_first', 'input_last',
-                            'wall_s']),
-      '', '## Training runs (through experiments/sweep.py)', '',
+                             ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
+                              'input_first/last', 'param_first/last', 'input_first', 'input_last',
+                              'wall_s']),
+      '', '## Training runs (through experiments/runner.py)', '',
       publish.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
-                                        'test_error', 'eval_examples', 'wall_s', 'status']),
+                                          'test_error', 'eval_examples', 'wall_s', 'status']),
       '', 'Per-unit norms: per_unit.csv. Plots: ' + ', '.join(
           f'[{f}]({f})' for f in files if f.endswith('.png')), '',
       '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
   return publish.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
-                       rows=train_rows, files=files, wall_s=wall_s, body=body,
-                       notes=f'{WHAT_IT_SHOWS[budget]} {conclusion}', headline=headline)
+                         rows=train_rows, files=files, body=body,
+                         provenance=publish.Provenance.now(wall_s),
+                         notes=f'{WHAT_IT_SHOWS[budget]} {conclusion}', headline=headline)
 
 
 if __name__ == '__main__':

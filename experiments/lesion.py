@@ -203,7 +203,7 @@ def load(workdir: str) -> trained.Trained:
     raise trained.RunReadError(f'--from_workdir={workdir} {e}') from None
 
 
-def net_config(dataset, net, budget: Budget, seed: int):
+def net_config(dataset, net, budget: Budget, seed: int, overrides=()):
   placement, shortcut = NETS[net]
   config = study.base_config(dataset)
   config.seed = seed
@@ -214,6 +214,7 @@ def net_config(dataset, net, budget: Budget, seed: int):
                      eval_split=budget.eval_split, evals=4 if budget.paper_recipe else 2,
                      paper=budget.paper_recipe, unrolled=False,
                      warmup_steps=None if budget.paper_recipe else budget.train_steps // 10)
+  study.override(config, overrides)
   return config
 
 
@@ -306,15 +307,16 @@ NETS_KIND = {}  # net label -> 'residual' or 'plain', for the plot styles
 def main(argv=None):
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  study.add_flags(parser)
+  study.add_flags(parser, depths=False)
   parser.add_argument('--from_workdir', action='append', default=[],
                       help='a finished training run to lesion instead of training (repeat for '
                            'several, e.g. a residual and a plain run).')
-  args = parser.parse_args(argv)
+  args = study.parse_args(parser, argv)
   budget = BUDGETS[args.budget]
-  seeds = args.seeds or 1
+  if args.steps:
+    budget = dataclasses.replace(budget, train_steps=args.steps)
+  seeds = args.seeds or (0,)
   results_dir = os.path.abspath(args.results_dir)
-  os.makedirs(results_dir, exist_ok=True)
   started = time.perf_counter()
 
   if args.from_workdir:
@@ -336,11 +338,12 @@ def main(argv=None):
              'status': 'ok (from --from_workdir)'}
       rows.append(row)
       targets.append((label, net, workdir, config.seed))
+    os.makedirs(results_dir, exist_ok=True)
   else:
-    runs = [runner.Run(name=f'{net}{budget.depth}_s{seed}',
-                      config=net_config(args.dataset, net, budget, seed),
-                      meta={'study': STUDY, 'net': net, 'depth': budget.depth})
-            for net in NETS for seed in range(seeds)]
+    runs = [runner.Run(name=f'{net}{budget.depth}_s{seed}{args.variant}',
+                       config=net_config(args.dataset, net, budget, seed, args.overrides),
+                       meta={'study': STUDY, 'net': net, 'depth': budget.depth})
+            for net in NETS for seed in seeds]
     rows = runner.run_sweep(runs, results_dir, jobs=args.jobs)
     targets = [(run.meta['net'], run.meta['net'], row['workdir'], run.config.seed)
                for run, row in zip(runs, rows) if row['status'] == 'ok']
@@ -428,9 +431,9 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
       '## Summary (seed 0)', '', headline, '',
       '## Training runs', '',
       publish.markdown_table(rows, ['net', 'depth', 'seed', 'steps', 'train_error', 'test_error',
-                                  'eval_examples', 'wall_s', 'status']),
+                                    'eval_examples', 'wall_s', 'status']),
       '', publish.markdown_table(intact_rows, ['net', 'seed', 'checkpoint_step',
-                                             'intact error (lesion eval)', 'eval_split']),
+                                               'intact error (lesion eval)', 'eval_split']),
       '', '## Deleting one unit (seed 0)', '',
       publish.markdown_table(single_rows, single_cols),
       '', '## Deleting k random units (seed 0)', '',
@@ -439,8 +442,9 @@ def write_results(results_dir, budget, rows, records, nets, units_by_net, wall_s
       'Every lesion, every draw: results.csv.', '',
       '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
   return publish.publish(results_dir, study=STUDY, title='Lesion study (Veit et al. 2016)',
-                       budget=budget, rows=rows, files=files, wall_s=wall_s, body=body,
-                       notes=WHAT_IT_SHOWS[budget], headline=headline)
+                         budget=budget, rows=rows, files=files, body=body,
+                         provenance=publish.Provenance.now(wall_s),
+                         notes=WHAT_IT_SHOWS[budget], headline=headline)
 
 
 def headline_rows(records, nets, units_by_net) -> list[dict]:

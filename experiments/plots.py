@@ -5,6 +5,7 @@ import statistics
 import textwrap
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -40,42 +41,51 @@ def read_curves(workdir: str) -> dict:
   return out
 
 
-def median_curve(workdirs: list[str], metric: str) -> list[tuple[int, float]]:
-  """The median across runs (seeds) of one metric, at each step that every run logged."""
+def seed_curve(workdirs: list[str], metric: str):
+  """(steps, mean, lowest, highest) across runs (seeds) of one metric, at each step that every
+  run logged; None if no run logged it."""
   per_run = [dict(read_curves(w)[metric]) for w in workdirs]
   per_run = [c for c in per_run if c]
   if not per_run:
-    return []
+    return None
   steps = sorted(set.intersection(*(set(c) for c in per_run)))
-  return [(s, statistics.median(c[s] for c in per_run)) for s in steps]
+  values = np.array([[c[s] for s in steps] for c in per_run])
+  return steps, values.mean(0), values.min(0), values.max(0)
 
 
 def curves(rows: list[dict], *, group: str, panel: str, metrics, ylabel: str, title: str,
            path: str, panel_order=None, panel_label=str) -> str:
-  """One subplot per value of `panel`, one colour per value of `group` (median across seeds),
-  one line style per metric: metrics = [(metric, linestyle, label suffix)]."""
+  """One subplot per value of `panel`, one colour per value of `group`, one line style per
+  metric (metrics = [(metric, linestyle, label suffix)]): the mean across seeds, and a band from
+  the lowest to the highest seed."""
   ok = [r for r in rows if r['status'] == 'ok']
   panels = panel_order or sorted({r[panel] for r in ok}, key=str)
   groups = list(dict.fromkeys(r[group] for r in ok))
-  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(7.0, 5.5 * len(panels)), 4.4),
-                           squeeze=False, sharey=True)
+  # Readable at README width (about 900 px at this dpi) for up to two panels.
+  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(min(9.0, 4.5 * max(1, len(panels))),
+                                                           3.8), squeeze=False, sharey=True)
   colours = plt.get_cmap('tab10')
   for ax, value in zip(axes[0], panels):
     for i, g in enumerate(groups):
       workdirs = [r['workdir'] for r in ok if r[panel] == value and r[group] == g]
       for metric, style, suffix in metrics:
-        curve = median_curve(workdirs, metric)
+        curve = seed_curve(workdirs, metric)
         if curve:
-          ax.plot(*zip(*curve), linestyle=style, color=colours(i % 10),
-                  label=f'{g}{suffix}', marker='o' if len(curve) < 8 else None, markersize=3)
-    ax.set_title(panel_label(value))
+          steps, mean, low, high = curve
+          n = len(workdirs)
+          ax.plot(steps, mean, linestyle=style, color=colours(i % 10), markersize=3,
+                  marker='o' if len(steps) < 8 else None,
+                  label=f'{g}{suffix}' + (f' (mean of {n})' if n > 1 else ''))
+          if n > 1:
+            ax.fill_between(steps, low, high, color=colours(i % 10), alpha=0.15, linewidth=0)
+    ax.set_title(panel_label(value), fontsize=9)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel(ylabel)
-  fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+  fig.suptitle(textwrap.fill(title, 100), fontsize=8)
   fig.tight_layout()
-  return save(fig, path)
+  return save(fig, path, dpi=100)
 
 
 def curves_by_group(rows, *, group: str, panel: str, title: str, out_dir: str, series) -> list[str]:

@@ -4,12 +4,14 @@ experiments.report copies a results folder's files into docs/results.md from the
 """
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
 import sys
 
 from benchmarks import hardware
+from experiments import hypotheses as hypotheses_lib
 from resnet_jax.metrics import duration
 from resnet_jax.train import workdir as workdir_lib
 
@@ -61,20 +63,52 @@ def failed(row: dict) -> bool:
   return not str(row.get('status', '')).startswith('ok')
 
 
+@dataclasses.dataclass
+class Provenance:
+  """How a study's results came about: the command that ran, the library versions it ran with,
+  and how long that invocation took. A republish from committed files keeps the recorded ones."""
+  command: str
+  versions: dict
+  wall_s: float
+
+  @classmethod
+  def now(cls, wall_s: float) -> 'Provenance':
+    return cls(command(), hardware.package_versions(), wall_s)
+
+
+def portable(rows: list[dict], results_dir: str) -> list[dict]:
+  """The rows with each workdir relative to `results_dir` (runs/<name>), as results.json keeps
+  them, so that the folder can move (into docs/results/, or to another machine)."""
+  return [{**r, 'workdir': os.path.relpath(r['workdir'], results_dir)} for r in rows]
+
+
+def read_manifest(results_dir: str) -> tuple[dict, list[dict]]:
+  """(results.json, its rows with absolute workdirs) of a study's results folder."""
+  with open(os.path.join(results_dir, 'results.json')) as f:
+    manifest = json.load(f)
+  rows = [{**r, 'workdir': os.path.join(os.path.abspath(results_dir), r['workdir'])}
+          for r in manifest.get('rows', [])]
+  return manifest, rows
+
+
 def write_manifest(results_dir: str, *, study: str, budget: str, rows: list[dict],
-                   files: list[str], wall_s: float, notes: str = '', headline: str = '') -> dict:
-  """results.json: what experiments.report needs to publish a study's results folder.
+                   files: list[str], provenance: Provenance, notes: str = '',
+                   headline: str = '', hypotheses: list[dict] = ()) -> dict:
+  """results.json: what experiments.report needs to publish a study's results folder, and what
+  the study's `republish` recomputes its tables, plots and verdicts from.
 
   headline: the study's main table (Markdown), which the report shows in docs/results.md.
+  hypotheses: the verdicts of the claims the study tests (experiments.hypotheses.verdict).
   """
   manifest = {
-      'study': study, 'budget': budget, 'command': command(),
-      'hardware': sweep_hardware(rows), 'versions': hardware.package_versions(),
+      'study': study, 'budget': budget, 'command': provenance.command,
+      'hardware': sweep_hardware(rows), 'versions': provenance.versions,
       # The runs' own time (all attempts), and this invocation's, which skips finished runs.
       'runs_wall_s': round(sum(row.get('wall_s') or 0 for row in rows), 1),
-      'wall_s': round(wall_s, 1),
+      'wall_s': round(provenance.wall_s, 1),
       'num_runs': len(rows), 'failed_runs': sum(map(failed, rows)),
-      'files': files, 'notes': notes, 'headline': headline,
+      'files': files, 'notes': notes, 'headline': headline, 'hypotheses': list(hypotheses),
+      'rows': portable(rows, results_dir),
   }
   workdir_lib.write_atomic(os.path.join(results_dir, 'results.json'),
                            json.dumps(manifest, indent=2))
@@ -82,35 +116,38 @@ def write_manifest(results_dir: str, *, study: str, budget: str, rows: list[dict
 
 
 def publish(results_dir: str, *, study: str, title: str, budget: str, rows: list[dict],
-            files: list[str], wall_s: float, body: list[str], notes: str,
-            headline: str = '') -> int:
-  """Writes a study's results.md (the common header, then `body`) and its results.json.
+            files: list[str], provenance: Provenance, body: list[str], notes: str,
+            headline: str = '', hypotheses: list[dict] = ()) -> int:
+  """Writes a study's results.md (the common header, the verdicts of `hypotheses`, then `body`)
+  and its results.json.
 
   Returns the study's exit code: 1 if a run failed (its row says why), else 0.
   """
+  claims = (['## Claims tested', '', f'Each verdict is computed from the runs below '
+             f'({hypotheses_lib.TEST}; shown at p <= {hypotheses_lib.ALPHA}).', '',
+             hypotheses_lib.markdown(list(hypotheses)), ''] if hypotheses else [])
   with open(os.path.join(results_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join([header(title, budget, rows, wall_s), *body]))
+    f.write('\n'.join([header(title, budget, rows, provenance), *claims, *body]))
   files = ['results.md'] + [f for f in files if f != 'results.md']
-  write_manifest(results_dir, study=study, budget=budget, rows=rows, files=files, wall_s=wall_s,
-                 notes=notes, headline=headline)
+  write_manifest(results_dir, study=study, budget=budget, rows=rows, files=files,
+                 provenance=provenance, notes=notes, headline=headline, hypotheses=hypotheses)
   num_failed = sum(map(failed, rows))
   print(f'Wrote {os.path.join(results_dir, "results.md")} ({len(rows)} runs, {num_failed} '
         'failed).', flush=True)
   return 1 if num_failed else 0
 
 
-def header(study: str, budget: str, rows: list[dict], wall_s: float) -> str:
+def header(study: str, budget: str, rows: list[dict], provenance: Provenance) -> str:
   """The first lines of a study's results.md: budget, hardware, versions, time, command."""
-  v = hardware.package_versions()
   runs_wall = sum(row.get('wall_s') or 0 for row in rows)
   failed_rows = [row for row in rows if failed(row)]
   lines = [
       f'# {study} ({budget} budget)', '',
-      f'- Command (from the repository root): `{command()}`',
+      f'- Command (from the repository root): `{provenance.command}`',
       f'- Hardware: {sweep_hardware(rows)}',
-      '- Versions: ' + ', '.join(f'{k} {val}' for k, val in v.items()),
+      '- Versions: ' + ', '.join(f'{k} {val}' for k, val in provenance.versions.items()),
       f'- Wall time: {duration(runs_wall)} of training over all attempts of the {len(rows)} '
-      f'runs; this invocation took {duration(wall_s)}.',
+      f'runs; the command took {duration(provenance.wall_s)}.',
   ]
   if failed_rows:
     lines.append(f'- **{len(failed_rows)} run(s) failed**: ' + '; '.join(

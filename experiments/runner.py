@@ -24,7 +24,7 @@ import ml_collections
 from benchmarks import hardware
 from resnet_jax import cli, xla_flags
 from resnet_jax.errors import RunError, UserError
-from resnet_jax.metrics import duration, read_metrics
+from resnet_jax.metrics import best_eval_step, duration, read_metrics
 from resnet_jax.train import optim
 from resnet_jax.train import run as run_lib
 from resnet_jax.train import workdir as workdir_lib
@@ -37,6 +37,9 @@ class Run:
   name: str                            # unique and filesystem-safe, e.g. 'full_preact-d20-s0'
   config: ml_collections.ConfigDict    # the complete config of the run
   meta: dict                           # the study's columns, e.g. {'placement': ..., 'depth': 20}
+  # If set, the checkpoint with the best accuracy on the config's eval split (a validation
+  # split) is evaluated on this split at the end, and that is the row's test error.
+  report_split: str | None = None
 
 
 def _total_steps(config) -> int:
@@ -94,6 +97,12 @@ def _row(run: Run, workdir: str, summary: dict | None, status: str, side: dict,
   row['test_error'] = round(100 * (1 - float(summary['eval/accuracy'])), 4) if ok else None
   row['eval_examples'] = int(summary['eval/num_examples']) if ok else None
   row['steps'] = int(summary['step']) if summary else None
+  report = side.get('report') if ok else None
+  if report:  # Selected on the eval split, reported on another.
+    row.update(selected_step=report['step'],
+               val_error=round(100 * (1 - report['val_accuracy']), 4),
+               test_error=round(100 * (1 - report['accuracy']), 4),
+               eval_examples=report['num_examples'])
   row['wall_s'] = round(side.get('wall_s', 0.0), 1)
   row['hardware'] = side.get('hardware')
   row['workdir'] = workdir
@@ -101,12 +110,22 @@ def _row(run: Run, workdir: str, summary: dict | None, status: str, side: dict,
   return row
 
 
-def run_one(config, workdir: str) -> tuple[dict | None, str, str]:
-  """Trains one run in this process: (summary or None, status, hardware)."""
-  from resnet_jax.train import loop
+def run_one(config, workdir: str, report_split: str | None = None
+            ) -> tuple[dict | None, str, str]:
+  """Trains one run in this process: (summary or None, status, hardware). With report_split,
+  the summary's 'report' is the best checkpoint's accuracy there (Run.report_split)."""
+  from resnet_jax.train import loop, trained
   hw = hardware.devices_line()
   try:
     summary = loop.train_and_evaluate(config, workdir)
+    if report_split and not summary.get('stopped'):
+      weights = trained.open_weights(workdir, checkpoint='best')
+      result = loop.evaluate_weights(weights, report_split, config.eval_batch_size)
+      _, val_accuracy = best_eval_step(read_metrics(workdir), {weights.step})
+      summary['report'] = {'split': report_split, 'step': weights.step,
+                           'val_accuracy': float(val_accuracy),
+                           'accuracy': result['eval/accuracy'],
+                           'num_examples': result['eval/num_examples']}
   except (UserError, RunError) as e:
     return None, f'failed: {e}', hw
   if summary.get('stopped'):
@@ -225,7 +244,8 @@ def _finish(run, results_dir, varying, progress, summary, status, hw, seconds) -
   side_path = _sidecar_path(results_dir, run.name)
   side = _read_json(side_path) or {}
   side = {'wall_s': side.get('wall_s', 0.0) + seconds, 'hardware': hw or side.get('hardware'),
-          'attempts': side.get('attempts', 0) + 1}
+          'attempts': side.get('attempts', 0) + 1,
+          'report': (summary or {}).get('report', side.get('report'))}
   _write_json(side_path, side)
   if status == 'ok':
     progress.done[run.name] = progress.total[run.name]
@@ -248,7 +268,7 @@ def _run_in_process(run, results_dir, varying, progress) -> dict:
   undo = _log_to(os.path.join(results_dir, 'logs', f'{run.name}.log'))
   started = time.perf_counter()
   try:
-    summary, status, hw = run_one(run.config, workdir)
+    summary, status, hw = run_one(run.config, workdir, run.report_split)
   finally:
     undo()
   row = _finish(run, results_dir, varying, progress, summary, status, hw,
@@ -286,7 +306,7 @@ def _run_in_children(todo, results_dir, jobs, varying, progress) -> dict:
         with open(spec, 'wb') as f:
           pickle.dump({'config': run.config,
                        'workdir': os.path.join(results_dir, 'runs', run.name),
-                       'result': result}, f)
+                       'result': result, 'report_split': run.report_split}, f)
         log = open(os.path.join(results_dir, 'logs', f'{run.name}.log'), 'a')
         proc = subprocess.Popen([sys.executable, '-m', 'experiments.runner', '--run_spec', spec],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -332,7 +352,7 @@ def _child_main(spec_path: str) -> int:
   except UserError as e:
     _write_json(spec['result'], {'summary': None, 'status': f'failed: {e}', 'hardware': None})
     return 0
-  summary, status, hw = run_one(spec['config'], spec['workdir'])
+  summary, status, hw = run_one(spec['config'], spec['workdir'], spec.get('report_split'))
   _write_json(spec['result'], {'summary': summary, 'status': status, 'hardware': hw})
   return 0
 

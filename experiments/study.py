@@ -1,14 +1,20 @@
 """What every study shares: its command line, its budgets' policy and its base configs.
 
-  python -m experiments.<study> --budget {smoke,cpu,paper} --results_dir DIR [--seeds N]
-      [--jobs N] [--dataset NAME]
+  python -m experiments.<study> --budget {smoke,cpu,paper} --results_dir DIR [--seeds N|S,S]
+      [--steps N] [--depths D,D] [--jobs N] [--dataset NAME] [--config.KEY=VALUE ...]
 """
 
 import argparse
+import ast
+import hashlib
 import importlib
+import json
 import os
 
+import ml_collections
+
 from resnet_jax.data import datasets
+from resnet_jax.errors import UserError
 
 BUDGETS = ('smoke', 'cpu', 'paper')
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -33,19 +39,115 @@ def positive_int(text: str) -> int:
 positive_int.__name__ = 'integer >= 1'  # What argparse's message calls it.
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def seed_list(text: str) -> tuple[int, ...]:
+  """argparse type of --seeds: a count ('3': seeds 0, 1, 2) or a list ('3,4')."""
+  if ',' not in text:
+    return tuple(range(positive_int(text)))
+  seeds = tuple(int(s) for s in text.split(',') if s.strip())
+  if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+    raise ValueError(text)
+  return seeds
+
+
+def int_list(text: str) -> tuple[int, ...]:
+  """argparse type: integers, comma-separated ('20,56')."""
+  return tuple(positive_int(s) for s in text.split(','))
+
+
+seed_list.__name__ = 'count (3) or list of seeds (3,4)'
+int_list.__name__ = 'comma-separated list of integers >= 1'
+
+
+# --select_on_validation: the paper's validation split of CIFAR (45k/5k of the training set) for
+# choosing the checkpoint, and the test split for reporting it.
+VALIDATION = {'train_split': 'train[:90%]', 'eval_split': 'train[90%:]', 'report_split': 'test'}
+
+
+def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
+              validation: bool = False) -> None:
+  """The flags every study takes; `depths`: whether it takes --depths, `validation`: whether
+  --select_on_validation (a study that reports test errors)."""
   parser.add_argument('--budget', required=True, choices=BUDGETS,
-                      help='smoke: minutes, checks the machinery; cpu: about 45 min on 2 CPU '
+                      help='smoke: minutes, checks the machinery; cpu: about 60 min on 2 CPU '
                            "cores; paper: the papers' recipe and number of runs.")
   parser.add_argument('--results_dir', required=True,
                       help='where the runs, tables, plots and results.json go; rerun with the '
                            'same directory to resume.')
-  parser.add_argument('--seeds', type=positive_int, default=None,
-                      help="seeds per cell (default: the budget's).")
+  parser.add_argument('--seeds', type=seed_list, default=None,
+                      help="a count (3: seeds 0, 1, 2) or a list (3,4) of seeds per arm; "
+                           "default: the budget's.")
+  parser.add_argument('--steps', type=positive_int, default=None,
+                      help="training steps of every run; default: the budget's.")
+  if depths:
+    parser.add_argument('--depths', type=int_list, default=None,
+                        help="depths, comma-separated (20,56); default: the budget's.")
+  if validation:
+    parser.add_argument('--select_on_validation', action='store_true',
+                        help="train on the first 90%% of the training split, keep the checkpoint "
+                             'with the best accuracy on the last 10%% (45k/5k for CIFAR), and '
+                             'report its test error.')
   parser.add_argument('--jobs', type=positive_int, default=1,
                       help='runs at once, each in its own process (default 1: in this process).')
   parser.add_argument('--dataset', choices=DATASETS, default='cifar10',
                       help='a dataset of resnet_jax/data/datasets.py with a configs/<name>.py.')
+  parser.epilog = ('Any --config.KEY=VALUE (e.g. --config.optimizer=nesterov) is set in every '
+                   "run's config; runs with such settings get names of their own.")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """The flags of add_flags, and the --config.KEY=VALUE overrides (args.overrides) every run
+  gets. args.variant is '' for the budget as it is, else a suffix that names the changed
+  settings (--steps, the overrides), so that their runs get workdirs of their own and finished
+  runs of other settings stay as they are."""
+  args, rest = parser.parse_known_args(argv)
+  args.overrides = []
+  for item in rest:
+    key, equals, value = item.removeprefix('--config.').partition('=')
+    if not item.startswith('--config.') or not equals or not key:
+      parser.error(f'unrecognized argument {item!r}; config keys are set as --config.KEY=VALUE')
+    args.overrides.append((key, value))
+  selected = getattr(args, 'select_on_validation', False)
+  changed = {'steps': args.steps, 'config': sorted(args.overrides),
+             **({'select_on_validation': True} if selected else {})}
+  args.variant = ('' if args.steps is None and not args.overrides and not selected else
+                  '-v' + hashlib.sha1(json.dumps(changed).encode()).hexdigest()[:6])
+  args.report_split = VALIDATION['report_split'] if selected else None
+  return args
+
+
+def select_on_validation(config) -> None:
+  """The splits of --select_on_validation (VALIDATION) in `config`, and the best checkpoint
+  kept, which the runner then reports on VALIDATION['report_split']."""
+  config.data.train_split = VALIDATION['train_split']
+  config.data.eval_split = VALIDATION['eval_split']
+  config.keep_best_checkpoint = True
+
+
+def override(config, overrides) -> None:
+  """Sets each (key, text) of --config.KEY=VALUE in `config`, the text read as the key's type;
+  a key that does not exist or a value of another type is a UserError naming the flag."""
+  for key, text in overrides:
+    flag = f'--config.{key}={text}'
+    *parents, last = key.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or last not in node:
+      raise UserError(f'{flag}: the config has no key {key!r}; configs/schema.py lists them.')
+    kind = node.get_type(last)
+    try:
+      if text.lower() == 'none':
+        value = None
+      elif kind is bool:
+        value = {'true': True, 'false': False}[text.lower()]
+      elif kind in (tuple, list):
+        value = tuple(ast.literal_eval(text))
+      else:
+        value = kind(text)
+      node[last] = value
+    except (KeyError, ValueError, TypeError, SyntaxError):
+      raise UserError(f'{flag}: {key} takes {kind.__name__} values, and {text!r} is not one.'
+                      ) from None
 
 
 def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals: int,
@@ -54,7 +156,8 @@ def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals:
   steps) over `steps`, `evals` evaluations, and checkpoints at each of them.
 
   paper=True keeps the recipe's own numbers (64k steps, /10 at 32k and 48k) and follows
-  fb.resnet.torch where the papers are silent: Nesterov momentum, weight decay on BN and biases.
+  fb.resnet.torch (Facebook's later Torch re-implementation; the papers ran in Caffe) where the
+  papers are silent: Nesterov momentum, weight decay on BN and biases.
   """
   config.batch_size = batch_size
   config.data.eval_split = eval_split
@@ -81,12 +184,12 @@ def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals:
     config.model.scan = False
 
 
-# Where the papers are silent, every study's `paper` budget follows the authors' code; the
+# Where the papers are silent, every study's `paper` budget follows fb.resnet.torch; the
 # shortened budgets keep the project's defaults. Each study lists these with its own.
 COMMON_DEVIATIONS = (
-    "Where the paper is silent, the authors' code (fb.resnet.torch) is followed in the paper "
-    'budget: SGD with Nesterov momentum 0.9 and weight decay 1e-4 on every parameter, BN '
-    'scales and biases included.',
+    'Where the paper is silent, the paper budget follows fb.resnet.torch, a later Torch '
+    're-implementation by others (the papers ran in Caffe): SGD with Nesterov momentum 0.9 and '
+    'weight decay 1e-4 on every parameter, BN scales and biases included.',
     'Inputs are normalised per channel (mean and std of the training set), not by the '
     'per-pixel mean subtraction of the 2015 paper.',
 )

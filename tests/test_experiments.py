@@ -4,6 +4,7 @@ Skipped, with the reason, when CIFAR-10 is not prepared in TFDS_DATA_DIR.
 """
 
 import csv
+import json
 import os
 import pathlib
 import signal
@@ -86,7 +87,11 @@ def test_degradation_smoke_writes_table_verdict_and_fig6(degradation):
       ('plain', '20'), ('plain', '32'), ('residual', '20'), ('residual', '32')]
   assert all(r['status'] == 'ok' for r in rows)
   md = (out / 'results.md').read_text()
-  assert 'Plain nets, final training error' in md and 'Residual nets' in md
+  assert '## Claims tested' in md and 'plain-32 minus plain-20' in md
+  # One seed: the verdicts are computed, and say why they cannot be more than inconclusive.
+  manifest = json.loads((out / 'results.json').read_text())
+  assert [h['verdict'] for h in manifest['hypotheses']] == ['inconclusive'] * 3
+  assert all('5 or more seeds can' in h['why'] for h in manifest['hypotheses'])
   assert _is_png(out / 'fig6_curves.png')
 
 
@@ -120,6 +125,32 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   assert '| 20 | full_preact | 1/1 |' in text  # The headline table of the study.
   assert 'left out' in result.stderr
   assert _is_png(tmp_path / 'results' / 'degradation-smoke' / 'fig6_curves.png')
+
+
+@needs_cifar10
+def test_the_report_rebuilds_a_study_from_its_committed_files_alone(degradation, tmp_path):
+  """What docs/results/ commits (results.json, the files it lists, each run's metrics.jsonl and
+  config.json) is enough to recompute the study's tables, plot and verdicts."""
+  docs = tmp_path / 'results.md'
+  docs.write_text('# Measured results\n')
+  command = [sys.executable, '-m', 'experiments.report', '--docs', str(docs)]
+  result = subprocess.run(command + ['--results_dir', str(degradation[0])], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  folder = tmp_path / 'results' / 'degradation-smoke'
+  assert sorted(p.name for p in (folder / 'runs').iterdir()) == [
+      'plain-d20-s0', 'plain-d32-s0', 'residual-d20-s0', 'residual-d32-s0']
+  assert not list((folder / 'runs').glob('*/checkpoints'))  # Curves and configs, not weights.
+  before = {name: (folder / name).read_text() for name in ('results.md', 'results.csv')}
+  verdicts = json.loads((folder / 'results.json').read_text())['hypotheses']
+  for name in ('results.md', 'results.csv', 'fig6_curves.png'):
+    (folder / name).unlink()
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert {name: (folder / name).read_text() for name in before} == before
+  assert json.loads((folder / 'results.json').read_text())['hypotheses'] == verdicts
+  assert _is_png(folder / 'fig6_curves.png')
+  assert '### degradation (smoke budget)' in docs.read_text()
 
 
 @pytest.mark.slow
@@ -196,12 +227,28 @@ def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path,
   assert [r['test_error'] for r in again] == [r['test_error'] for r in parallel]
 
 
+def test_a_run_selected_on_validation_reports_its_best_checkpoint_on_test(tmp_path):
+  from resnet_jax.train import loop, trained
+  run = _digits_run(0)
+  study.select_on_validation(run.config)
+  run.report_split = 'test'
+  [row] = runner.run_sweep([run], tmp_path)
+  assert row['status'] == 'ok' and row['selected_step'] in (10, 20), row
+  weights = trained.open_weights(str(tmp_path / 'runs' / run.name), checkpoint='best')
+  assert weights.step == row['selected_step']
+  direct = loop.evaluate_weights(weights, 'test', 360)
+  assert row['test_error'] == round(100 * (1 - direct['eval/accuracy']), 4)
+  assert row['eval_examples'] == 360 and 0 <= row['val_error'] <= 100
+  [again] = runner.run_sweep([run], tmp_path)  # Finished: skipped, and the row is the same.
+  assert again == row
+
+
 def _study_configs(budget):
   from experiments import activation_ablation, degradation, gradient_flow, lesion
   configs = [r.config for r in activation_ablation.build_runs(budget, None, 'cifar10')]
   configs += [r.config for r in degradation.build_runs(budget, None, 'cifar10')]
   configs += [r.config for r in gradient_flow.build_runs(gradient_flow.BUDGETS[budget],
-                                                         'cifar10', 1)]
+                                                         'cifar10')]
   configs += [lesion.net_config('cifar10', net, lesion.BUDGETS[budget], 0) for net in lesion.NETS]
   return configs
 
@@ -237,16 +284,35 @@ def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_r
 
 @pytest.mark.parametrize('module', ['experiments.activation_ablation', 'experiments.degradation',
                                     'experiments.gradient_flow', 'experiments.lesion'])
-def test_a_bad_count_is_one_line_before_anything_runs(module, tmp_path):
+def test_a_bad_count_or_setting_is_one_line_before_anything_runs(module, tmp_path):
+  cases = [(['--jobs=0'], "argument --jobs: invalid integer >= 1 value: '0'"),
+           (['--seeds=-1'], "argument --seeds: invalid count (3) or list of seeds (3,4) value: "
+                            "'-1'"),
+           (['--seeds=2,2'], "argument --seeds: invalid count (3) or list of seeds (3,4) value: "
+                             "'2,2'"),
+           (['--steps=0'], "argument --steps: invalid integer >= 1 value: '0'"),
+           (['--config.nope=1'], "--config.nope=1: the config has no key 'nope'"),
+           (['--config.batch_size=big'], "--config.batch_size=big: batch_size takes int values"),
+           (['--stesp=3'], "unrecognized argument '--stesp=3'")]
   results = helpers.run_modules([
       (module, ['--budget=smoke', f'--results_dir={tmp_path / "r"}', *args], None)
-      for args in (['--jobs=0'], ['--seeds=-1'])])
-  for result, flag, value in zip(results, ('--jobs', '--seeds'), ('0', '-1')):
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        f"error: argument {flag}: invalid integer >= 1 value: '{value}'")
+      for args, _ in cases])
+  for result, (args, message) in zip(results, cases):
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    assert message in result.stderr.strip().splitlines()[-1], (args, result.stderr[-500:])
     assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'r').exists()
+
+
+def test_changed_settings_make_runs_of_their_own():
+  from experiments import degradation
+  plain = degradation.build_runs('cpu')
+  assert [r.name for r in plain[:2]] == ['plain-d20-s0', 'plain-d20-s1']
+  changed = degradation.build_runs('cpu', (3, 4), steps=50, depths=(20,), variant='-vabcdef',
+                                   overrides=[('optimizer', 'nesterov')])
+  assert [r.name for r in changed] == ['plain-d20-s3-vabcdef', 'plain-d20-s4-vabcdef',
+                                       'residual-d20-s3-vabcdef', 'residual-d20-s4-vabcdef']
+  assert {(r.config.num_train_steps, r.config.optimizer) for r in changed} == {(50, 'nesterov')}
 
 
 def test_a_user_error_that_escapes_a_study_is_one_line(capsys):
