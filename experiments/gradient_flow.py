@@ -3,18 +3,9 @@
   python -m experiments.gradient_flow --budget smoke --results_dir runs/exp/gradient_flow
 
 For each net, on one fixed real batch (no augmentation, the train-mode forward pass, the mean
-cross-entropy of the trainer without weight decay), it measures two norms per residual unit:
-
-* the loss gradient with respect to the unit's parameters (its whole variable subtree; under
-  nn.scan the stacked subtree is split back into units first), and
-* the loss gradient with respect to the unit's input, the residual stream entering the unit.
-
-The second one needs no hook in the model: `_tap_unit_inputs` intercepts each ResidualUnit call
-(flax's nn.intercept_methods) and routes its input through an identity whose backward pass writes
-the squared norm of the incoming gradient into the cotangent of a per-unit probe. The probe rides
-in the model's `unit_mask` argument, which the net already slices per unit, under nn.scan too;
-the interceptor takes it away from the unit, so no branch is scaled. One backward pass thus gives
-both norms, for scanned and unrolled nets alike.
+cross-entropy of the trainer without weight decay), it measures two norms per residual unit
+(experiments/probes.py): the loss gradient with respect to the unit's parameters, and with
+respect to the unit's input, the residual stream entering the unit.
 
 Nets (He et al. 2015 and 2016): plain (shortcut 'none', the 2015 'original' placement), original
 (shortcut A for basic, B for bottleneck nets) and full pre-activation. Each is measured at
@@ -31,19 +22,12 @@ import os
 import sys
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
-from experiments import plots, publish, runner, study
+from experiments import plots, probes, publish, runner, study
 from benchmarks import hardware
-from resnet_jax import cli, data, models
-from resnet_jax.models.units import ResidualUnit
+from resnet_jax import cli, models
 from resnet_jax.train import run as run_lib
-from resnet_jax.train import step as step_lib
 from resnet_jax.train import trained
 
 STUDY = 'gradient_flow'
@@ -98,81 +82,6 @@ DEVIATIONS = [
     '75% of the steps, a warm-up of 10% of the steps at 0.01), plain momentum SGD and no decay '
     'on BN.',
 ]
-
-
-@jax.custom_vjp
-def _tap(x, probe):
-  del probe
-  return x
-
-
-def _tap_fwd(x, probe):
-  del probe
-  return x, None
-
-
-def _tap_bwd(_, g):
-  # The identity passes g on unchanged; the probe's cotangent is |g|^2 of this unit's input.
-  return g, jnp.sum(jnp.square(g.astype(jnp.float32)))
-
-
-_tap.defvjp(_tap_fwd, _tap_bwd)
-
-
-def _tap_unit_inputs(next_fun, args, kwargs, context):
-  if context.method_name != '__call__' or not isinstance(context.module, ResidualUnit):
-    return next_fun(*args, **kwargs)
-  x, drop_rate, probe = (list(args) + [None, None])[:3]
-  drop_rate = kwargs.pop('drop_rate', drop_rate)
-  probe = kwargs.pop('keep', probe)
-  return next_fun(_tap(x, probe), drop_rate, None, **kwargs)
-
-
-def gradient_norms_fn(model):
-  """jit'd (variables, images, labels) -> (loss, per-unit parameter gradients, squared input
-  gradient norms); compiled once per model, reused for every checkpoint of a run."""
-  num_units = len(models.unit_names(model))
-
-  def loss_fn(params, probe, batch_stats, images, labels):
-    with nn.intercept_methods(_tap_unit_inputs):
-      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images,
-                              train=True, unit_mask=probe, mutable=['batch_stats'])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-  @jax.jit
-  def fn(variables, images, labels):
-    loss, (grads, probe_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
-        variables['params'], jnp.zeros((num_units,), jnp.float32), variables['batch_stats'],
-        images, labels)
-    if model.scan:
-      grads = models.scan_to_unrolled({'params': grads}, model)['params']
-    sq = {name: sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-                    for leaf in jax.tree.leaves(grads[name]))
-          for name in models.unit_names(model)}
-    return loss, sq, probe_grads
-  return fn
-
-
-def unit_gradient_norms(model, variables, images, labels, fn=None):
-  """Per-unit gradient norms of the mean cross-entropy, in `models.unit_names(model)` order.
-
-  Returns {'units': names, 'param': [L2 norm of d loss / d unit parameters],
-  'input': [L2 norm of d loss / d unit input], 'loss': float}, float64 NumPy arrays.
-  fn: gradient_norms_fn(model), to reuse its compilation.
-  """
-  names = models.unit_names(model)
-  loss, sq, probe_grads = (fn or gradient_norms_fn(model))(variables, images, labels)
-  return {'units': names, 'param': np.sqrt(np.array([float(sq[n]) for n in names])),
-          'input': np.sqrt(np.asarray(probe_grads, np.float64)), 'loss': float(loss)}
-
-
-def fixed_batch(config, num_images: int):
-  """The first `num_images` training images, as the eval pipeline prepares them (no augmentation)."""
-  data_config = ml_collections.ConfigDict(config.data.to_dict())
-  data_config.eval_split = f'{config.data.train_split}[:{num_images}]'
-  batch = next(iter(data.create_eval_iterator(data_config, global_batch_size=num_images)))
-  images = step_lib.model_input(jnp.asarray(batch['image']), config.data.mean, config.data.std)
-  return images, jnp.asarray(batch['label'])
 
 
 def net_config(dataset, depth, net, budget: Budget, seed: int, overrides=()):
@@ -245,7 +154,7 @@ def _plot(measurements, path, title, kind):
 
 def measure(model, variables, images, labels, fn, **meta):
   started = time.perf_counter()
-  result = unit_gradient_norms(model, variables, images, labels, fn)
+  result = probes.unit_norms(model, variables, images, labels, fn)
   return {**meta, **result, 'wall_s': time.perf_counter() - started,
           'hardware': hardware.devices_line()}
 
@@ -290,9 +199,9 @@ def main(argv=None):
     n_images = (budget.big_measure_batch if len(models.unit_names(model)) > 200
                 else budget.measure_batch)
     if images is None or images.shape[0] < n_images:
-      images, labels = fixed_batch(prepared.config, max(n_images, budget.measure_batch))
+      images, labels = probes.fixed_batch(prepared.config, max(n_images, budget.measure_batch))
     x, y = images[:n_images], labels[:n_images]
-    fn = gradient_norms_fn(model)
+    fn = probes.unit_norms_fn(model)
     for step in [0] + steps:
       variables = (run_lib.initial_variables(prepared, model) if step == 0
                    else trained.read_variables(workdir, step))

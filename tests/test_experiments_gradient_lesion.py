@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import gradient_flow, lesion
+from experiments import gradient_flow, lesion, probes
 from resnet_jax import models
 from resnet_jax.models.units import ResidualUnit
 from tests.test_models_util import random_variables
@@ -51,7 +51,7 @@ def _perturbed_input_grads(model, variables, images, labels):
 def test_plain_net_norms_at_init_are_finite_positive_and_one_per_unit():
   model = models.create_model('cifar', 20, shortcut='none', scan=False)
   variables = random_variables(model, SHAPE)
-  result = gradient_flow.unit_gradient_norms(model, variables, *_batch())
+  result = probes.unit_norms(model, variables, *_batch())
   assert result['units'] == models.unit_names(model) and len(result['units']) == 9
   for kind in ('param', 'input'):
     assert result[kind].shape == (9,)
@@ -64,17 +64,51 @@ def test_input_norms_are_the_gradients_wrt_each_unit_input_scanned_or_not():
   model = models.create_model('cifar', 20, placement='full_preact', shortcut='B', scan=False)
   variables = random_variables(model, SHAPE)
   images, labels = _batch()
-  result = gradient_flow.unit_gradient_norms(model, variables, images, labels)
+  result = probes.unit_norms(model, variables, images, labels)
   np.testing.assert_allclose(result['input'],
                              _perturbed_input_grads(model, variables, images, labels), rtol=1e-4)
   logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(
       result['loss'], optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
       rtol=1e-6)
-  scanned = gradient_flow.unit_gradient_norms(
+  scanned = probes.unit_norms(
       model.clone(scan=True), models.unrolled_to_scan(variables, model), images, labels)
   for kind in ('param', 'input'):
     np.testing.assert_allclose(scanned[kind], result[kind], rtol=1e-4)
+
+
+def test_activation_norms_are_those_of_each_unit_input_scanned_or_not():
+  model = models.create_model('cifar', 20, placement='relu_before_add', scan=False)
+  variables = random_variables(model, SHAPE)
+  images, labels = _batch()
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and isinstance(context.module, ResidualUnit):
+      seen.append(float(jnp.linalg.norm(args[0])))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(variables, images, train=True, mutable=['batch_stats'])
+  result = probes.unit_norms(model, variables, images, labels)
+  np.testing.assert_allclose(result['activation'], seen, rtol=1e-5)
+  np.testing.assert_allclose(
+      result['weight'], [np.sqrt(sum(float(jnp.sum(leaf ** 2)) for leaf in
+                                     jax.tree.leaves(variables['params'][name])))
+                         for name in models.unit_names(model)], rtol=1e-5)
+  scanned = probes.unit_norms(model.clone(scan=True), models.unrolled_to_scan(variables, model),
+                              images, labels)
+  for kind in ('activation', 'weight'):
+    np.testing.assert_allclose(scanned[kind], result[kind], rtol=1e-4)
+
+
+def test_stage_ratios_compare_same_shape_inputs_only():
+  model = models.create_model('cifar', 20)  # 3 stages of 3 units
+  assert probes.stage_spans(model) == [(1, 1, 2), (2, 4, 5), (3, 7, 8)]
+  assert probes.stage_spans(model.clone(stage_sizes=(2, 2, 2))) == []
+  measured = {'input': np.arange(1.0, 10.0), 'activation': np.arange(1.0, 10.0) ** 2}
+  ratios = probes.stage_ratios(measured, probes.stage_spans(model))
+  assert ratios['grad_2'] == 5 / 6 and ratios['growth_3'] == 81 / 64
 
 
 def test_lesion_units_mark_the_downsampling_units():

@@ -1,0 +1,140 @@
+"""Per-unit measurements of a net on one batch, for the studies that look inside it.
+
+For every residual unit, in `models.unit_names(model)` order (unit 1 nearest the input):
+
+* `param`: |dL/dW| of the unit's parameters (its whole variable subtree; under nn.scan the stacked
+  subtree is split back into units first), and `weight`: |W|;
+* `input`: |dL/dx| at the unit's input, the residual stream entering it;
+* `activation`: |x| of that input.
+
+L is the mean cross-entropy of the trainer without weight decay, on the train-mode forward pass.
+No hook is added to the model: `_tap` intercepts each ResidualUnit call (flax's
+nn.intercept_methods) and routes its input through an identity whose backward pass writes a
+statistic of the unit's input into the cotangent of a per-unit probe: |dL/dx|^2, or |x|^2,
+which the forward pass saved. The probe rides in the model's `unit_mask` argument, which the net
+already slices per unit, under nn.scan too; the interceptor takes it away from the unit, so no
+branch is scaled. One compiled function gives every measurement, for scanned and unrolled nets.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resnet_jax import data, models
+from resnet_jax.models.units import ResidualUnit
+from resnet_jax.train import step as step_lib
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _tap(kind, x, probe):
+  del probe
+  return x
+
+
+def _tap_fwd(kind, x, probe):
+  del probe
+  # Saved for the backward pass: the squared norm of x, which an 'activation' tap reports.
+  return x, jnp.sum(jnp.square(x.astype(jnp.float32))) if kind == 'activation' else None
+
+
+def _tap_bwd(kind, saved, g):
+  # The identity passes g on unchanged; the probe's cotangent is the unit input's statistic.
+  statistic = saved if kind == 'activation' else jnp.sum(jnp.square(g.astype(jnp.float32)))
+  return g, statistic
+
+
+_tap.defvjp(_tap_fwd, _tap_bwd)
+
+
+def _tap_unit_inputs(kind):
+  def intercept(next_fun, args, kwargs, context):
+    if context.method_name != '__call__' or not isinstance(context.module, ResidualUnit):
+      return next_fun(*args, **kwargs)
+    x, drop_rate, probe = (list(args) + [None, None])[:3]
+    drop_rate = kwargs.pop('drop_rate', drop_rate)
+    probe = kwargs.pop('keep', probe)
+    return next_fun(_tap(kind, x, probe), drop_rate, None, **kwargs)
+  return intercept
+
+
+def unit_norms_fn(model):
+  """jit'd (variables, images, labels) -> (loss, {unit: |dL/dW|^2}, {unit: |W|^2},
+  |dL/dx|^2 per unit, |x|^2 per unit); compiled once per model, reused for every variables."""
+  names = models.unit_names(model)
+
+  def loss_fn(params, probe, batch_stats, images, labels, kind):
+    with nn.intercept_methods(_tap_unit_inputs(kind)):
+      logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                              train=True, unit_mask=probe, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  def squared_norms(tree):
+    if model.scan:
+      tree = models.scan_to_unrolled({'params': tree}, model)['params']
+    return {name: sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+                      for leaf in jax.tree.leaves(tree[name])) for name in names}
+
+  @jax.jit
+  def fn(variables, images, labels):
+    probe = jnp.zeros((len(names),), jnp.float32)
+    args = (variables['batch_stats'], images, labels)
+    loss, (grads, input_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+        variables['params'], probe, *args, 'gradient')
+    # The activations' pass asks for the probe's cotangent only: XLA drops the rest of its
+    # backward pass, so it costs about one forward pass.
+    activations = jax.grad(loss_fn, argnums=1)(variables['params'], probe, *args, 'activation')
+    return (loss, squared_norms(grads), squared_norms(variables['params']), input_grads,
+            activations)
+  return fn
+
+
+def unit_norms(model, variables, images, labels, fn=None) -> dict:
+  """The per-unit norms of the module docstring on one batch: {'units': names, 'param',
+  'weight', 'input', 'activation': float64 arrays in names' order, 'loss': float}.
+  fn: unit_norms_fn(model), to reuse its compilation."""
+  names = models.unit_names(model)
+  loss, grads, weights, input_grads, activations = (fn or unit_norms_fn(model))(
+      variables, images, labels)
+  root = lambda values: np.sqrt(np.asarray(values, np.float64))
+  return {'units': names, 'param': root([float(grads[n]) for n in names]),
+          'weight': root([float(weights[n]) for n in names]), 'input': root(input_grads),
+          'activation': root(activations), 'loss': float(loss)}
+
+
+def stage_spans(model) -> list[tuple[int, int, int]]:
+  """(stage, i, j) per stage with a same-shape span: the inputs of units i and j (indices into
+  unit_names) have one shape, as every unit of a stage after its first keeps the shape. i is the
+  stage's second unit, j its last; stages of fewer than 3 units have no span."""
+  spans, start = [], 0
+  for s, size in enumerate(model.stage_sizes, 1):
+    if size >= 3:
+      spans.append((s, start + 1, start + size - 1))
+    start += size
+  return spans
+
+
+def stage_ratios(measured: dict, spans) -> dict:
+  """Per stage s, from one `unit_norms` result: 'grad_s', |dL/dx| at the span's first unit over
+  that at its last (above 1: the gradient grows towards the input; below 1: it attenuates), and
+  'growth_s', |x| at the span's last unit over that at its first (the residual stream's forward
+  growth). Same-shape tensors only, so no ratio mixes in a change of width or resolution."""
+  ratios = {}
+  for s, i, j in spans:
+    ratios[f'grad_{s}'] = float(measured['input'][i] / measured['input'][j])
+    ratios[f'growth_{s}'] = float(measured['activation'][j] / measured['activation'][i])
+  return ratios
+
+
+def fixed_batch(config, num_images: int):
+  """The first `num_images` training images of `config`'s training split, prepared as the eval
+  pipeline prepares them (no augmentation), normalised as the train step normalises them."""
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.eval_split = f'{config.data.train_split}[:{num_images}]'
+  batch = next(iter(data.create_eval_iterator(data_config, global_batch_size=num_images)))
+  images = step_lib.model_input(jnp.asarray(batch['image']), config.data.mean, config.data.std)
+  return images, jnp.asarray(batch['label'])
