@@ -1,117 +1,449 @@
-"""Identity Mappings Table 2: the five activation placements of Fig. 4, across depths and seeds.
+"""Identity Mappings (He et al. 2016), Sec. 4.1, Fig. 4 and Table 2: where the activation sits.
 
-  python -m experiments.activation_ablation --budget cpu --results_dir results/activation_cpu
+  python -m experiments.activation_ablation --budget cpu --results_dir results/activation_ablation-cpu
+
+Two parts, each paired by seed (a seed gives every placement the same conv weights where their
+shapes agree, and every training run the same order of batches):
+
+1. At initialisation, no training: every placement x depth x init seed, on one fixed batch of
+   real training images (experiments/probes.py): the initial loss, and per stage the same-shape
+   ratios of the residual stream: |dL/dx| at the stage's second unit over that at its last unit
+   (gradient ratio: above 1, the gradient grows towards the input; below 1, it attenuates), and
+   |x| at its last unit over that at its second (forward growth). These are the mechanisms Sec. 3
+   and 4.1 give: Eq. 5 (with an identity shortcut and no activation after the addition, the
+   gradient of a lower unit holds that of a higher one unchanged, plus more); ReLU before the
+   addition makes every residual non-negative, so the stream can only grow; BN after the
+   addition alters the signal on the identity path.
+2. A short training of a deeper net, for the placements the paper separates most: the same
+   fixed warm-up for every arm, then a constant learning rate (the paper's first 32k steps hold
+   0.1). Sec. 4.1 locates bn_after_add's difficulty in reducing the training loss at the
+   beginning of training (its Fig. 6, left): the early training loss is measured there.
 
 Budgets:
-  smoke: ResNet-20, 'original' and 'full_preact' only, 1 seed, 30 steps of batch 32, eval on
-    test[:500] (under 3 minutes on 2 CPU cores): checks the machinery, shows nothing about the
-    placements.
-  cpu: ResNet-20, all five placements, 2 seeds, 500 steps of batch 128 (1.3 epochs), the
-    paper's schedule shape compressed, eval on the full test set 4 times (about 45 min on 2 CPU
-    cores): how fast each placement starts to learn, not where it ends.
-  paper: ResNet-110 and ResNet-164, all five placements, 5 seeds, the paper recipe (64k steps,
-    batch 128, lr 0.1 /10 at 32k and 48k, 400-step warm-up at 0.01), Nesterov momentum and
-    weight decay on BN and biases as fb.resnet.torch does.
+  smoke: init: depth 20, 4 placements, 1 seed, batch 16; training: ResNet-20, original and
+    bn_after_add, 1 seed, 20 steps of batch 32: checks the machinery (verdicts inconclusive).
+  cpu: init: all five placements x depths 20/56/110/164 x 8 seeds, batch 64; training:
+    ResNet-56, original/bn_after_add/relu_before_add/full_preact, 5 paired seeds, 160 steps of
+    batch 64 (warm-up 40 steps at 0.01, then 0.1), eval on test[:2000]: the first 0.2 epochs,
+    the very beginning of the paper's curves.
+  paper: init as cpu; training: ResNet-110 and 164, all five placements, 5 seeds, the paper
+    recipe (64k steps, batch 128, lr 0.1 /10 at 32k and 48k, 400-step warm-up at 0.01), early
+    training loss over the first 8k steps.
 
-Writes DIR/results.md (per placement and depth: median and mean +- std of the final test error
-across seeds, beside the paper's medians), results.csv, curves.png, bars.png and results.json.
+Writes DIR/results.md (the claims tested and their verdicts; per placement and depth the init
+measurements; per arm the early training loss and the final test error beside Table 2's
+medians), init.jsonl (every init measurement, per unit), init.csv, results.csv, plots and
+results.json. init_log.jsonl keeps every init measurement made in DIR, so a rerun resumes.
 """
 
 import argparse
+import dataclasses
+import json
+import math
 import os
 import statistics
 import sys
 import time
 
-from experiments import papers, plots, publish, runner, study
+from experiments import hypotheses, papers, plots, probes, publish, runner, study
+from benchmarks import hardware
 from resnet_jax import cli, models
+from resnet_jax.train import workdir as workdir_lib
 
 STUDY = 'activation_ablation'
 PLACEMENTS = models.PLACEMENTS  # Every placement of the table (models/placements.py).
+STAGES = (1, 2, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  init_depths: tuple[int, ...]
+  init_placements: tuple[str, ...]
+  init_seeds: int
+  measure_batch: int              # images in the fixed batch of the init measurements
+  depths: tuple[int, ...]         # trained
+  placements: tuple[str, ...]     # trained
+  seeds: int
+  steps: int
+  batch_size: int
+  warmup_steps: int               # the same fixed warm-up (at warmup_lr) for every arm
+  early_steps: int                # the early training loss is the mean over these first steps
+  eval_split: str
+  evals: int
+  paper: bool = False
+
+
+TRAINED = ('original', 'bn_after_add', 'relu_before_add', 'full_preact')
 BUDGETS = {
-    'smoke': dict(depths=(20,), placements=('original', 'full_preact'), seeds=1, steps=30,
-                  batch_size=32, eval_split='test[:500]', evals=2),
-    'cpu': dict(depths=(20,), placements=PLACEMENTS, seeds=2, steps=500, batch_size=128,
-                eval_split='test', evals=4),
-    'paper': dict(depths=(110, 164), placements=PLACEMENTS, seeds=5, steps=64_000,
-                  batch_size=128, eval_split='test', evals=32),
-}
-WHAT_IT_SHOWS = {
-    'smoke': 'Checks the machinery only (a few steps of one seed, two placements, 500 test '
-             'images): the errors are near chance and say nothing about the placements.',
-    'cpu': 'ResNet-20 for 500 steps (1.3 epochs), 2 seeds: it shows how quickly each '
-           'placement starts to learn under the compressed schedule. It cannot show the '
-           "paper's final differences (pairwise gaps of 0.02 to 1.8 points in Table 2, at 64k "
-           'steps of ResNet-110/164).',
-    'paper': "The paper's setting: ResNet-110 and ResNet-164, 5 seeds, the full recipe; its "
-             "medians are comparable with the paper's Table 2.",
+    'smoke': Budget(init_depths=(20,), init_placements=TRAINED, init_seeds=1, measure_batch=16,
+                    depths=(20,), placements=('original', 'bn_after_add'), seeds=1, steps=20,
+                    batch_size=32, warmup_steps=5, early_steps=20, eval_split='test[:500]',
+                    evals=2),
+    'cpu': Budget(init_depths=(20, 56, 110, 164), init_placements=PLACEMENTS, init_seeds=8,
+                  measure_batch=64, depths=(56,), placements=TRAINED, seeds=5, steps=160,
+                  batch_size=64, warmup_steps=40, early_steps=160, eval_split='test[:2000]',
+                  evals=2),
+    'paper': Budget(init_depths=(20, 56, 110, 164), init_placements=PLACEMENTS, init_seeds=8,
+                    measure_batch=64, depths=(110, 164), placements=PLACEMENTS, seeds=5,
+                    steps=64_000, batch_size=128, warmup_steps=400, early_steps=8_000,
+                    eval_split='test', evals=32, paper=True),
 }
 DEVIATIONS = [
     *study.COMMON_DEVIATIONS,
-    'Shortcuts: option A (zero-padding identity) for the basic-block ResNet-20/110, projection '
-    '(B) where dimensions increase in the bottleneck ResNet-164, as the paper describes.',
-    'The error reported is that of the final step on the test set (no model selection); the '
-    "paper reports the median of 5 runs' final errors.",
-    'smoke and cpu budgets shorten the schedule: lr 0.1 divided by 10 at 50% and 75% of the '
-    'steps, the 400-step warm-up scaled to the same fraction (64k steps -> 400), plain '
-    'momentum SGD with no decay on BN, and nets compiled unrolled (config.model.scan=False).',
+    'Shortcuts: option A (zero-padding identity) for the basic-block nets, projection (B) where '
+    'dimensions increase in the bottleneck ResNet-164, as the paper describes.',
+    'The init measurements use the scanned layout of the nets (config.model.scan=True): the '
+    'same distributions, other draws than the unrolled layout of the same seed.',
+    'smoke and cpu budgets train briefly: a fixed warm-up at 0.01 for every arm, then a '
+    'constant 0.1 (the paper recipe holds 0.1 until 32k steps), plain momentum SGD, no decay '
+    'on BN, nets compiled unrolled; their test error is that of the last step on the eval '
+    "split, far from the paper's 64k steps.",
+    'The paper reports the median of 5 runs; the verdicts here pair the seeds.',
 ]
 
 
-def build_runs(budget: str, seeds=None, dataset: str = 'cifar10', *, steps: int | None = None,
-               depths=None, placements=None, overrides=(), variant: str = '',
+def claims(depth: int, where: str) -> list[hypotheses.Hypothesis]:
+  """The claims tested at one depth; `where`: 'init' or 'train'."""
+  ratio = 'log same-shape gradient ratio, mean over the stages, per init seed'
+  if where == 'init':
+    return [
+        hypotheses.Hypothesis(
+            f'preact_gradient_does_not_attenuate_{depth}',
+            'Identity Mappings Eq. 5: with identity shortcuts and no activation after the '
+            f'addition (full_preact), the gradient at a lower unit does not vanish (ResNet-{depth})',
+            f'full_preact: {ratio}', 'greater'),
+        hypotheses.Hypothesis(
+            f'after_add_relu_attenuates_{depth}',
+            'Identity Mappings Sec. 3: the ReLU after the addition (original) breaks the clean '
+            f'identity path of Eq. 5 (ResNet-{depth})',
+            f'full_preact minus original: {ratio}', 'greater'),
+        hypotheses.Hypothesis(
+            f'bn_after_add_impedes_propagation_{depth}',
+            'Identity Mappings Sec. 4.1 (Fig. 4b): BN after the addition alters the signal on '
+            f'the shortcut and impedes propagation (ResNet-{depth})',
+            f'full_preact minus bn_after_add: {ratio}', 'greater'),
+        hypotheses.Hypothesis(
+            f'relu_before_add_grows_the_stream_{depth}',
+            'Identity Mappings Sec. 4.1 (Fig. 4c): ReLU before the addition makes the residual '
+            f'non-negative, so the forward signal increases monotonically (ResNet-{depth})',
+            'relu_before_add minus full_preact: log forward growth of the stream, mean over '
+            'the stages, per init seed', 'greater'),
+    ]
+  return [
+      hypotheses.Hypothesis(
+          f'bn_after_add_starts_slowly_{depth}',
+          'Identity Mappings Sec. 4.1 (Fig. 6 left): BN after the addition has difficulty '
+          f'reducing the training loss at the beginning of training (ResNet-{depth})',
+          'bn_after_add minus original: mean training loss over the early steps, per seed',
+          'greater'),
+      hypotheses.Hypothesis(
+          f'relu_before_add_is_worse_{depth}',
+          'Identity Mappings Table 2: ReLU before the addition is worse than the original unit '
+          f'(7.84% vs 6.61% for ResNet-110) (ResNet-{depth})',
+          'relu_before_add minus original: final test error (points), per seed', 'greater'),
+      hypotheses.Hypothesis(
+          f'full_preact_is_better_{depth}',
+          'Identity Mappings Table 2: full pre-activation is better than the original unit '
+          f'(6.37% vs 6.61% for ResNet-110) (ResNet-{depth})',
+          'full_preact minus original: final test error (points), per seed', 'less'),
+  ]
+
+
+def _config(dataset: str, depth: int, placement: str):
+  # Identity Mappings warms every unit up (recipe '2016'); the budgets set one warm-up for all.
+  return study.base_config(dataset, f'depth={depth},placement={placement},recipe=2016')
+
+
+def build_runs(budget: Budget, seeds, dataset: str = 'cifar10', *, depths=None,
+               placements=None, overrides=(), variant: str = '',
                report_split: str | None = None) -> list[runner.Run]:
-  """The runs of `budget`; seeds, steps, depths, placements and --config overrides replace its
-  own. report_split: select each run's checkpoint on a validation split, report it there."""
-  spec = BUDGETS[budget]
-  steps = steps or spec['steps']
+  """The training runs; seeds, depths, placements and --config overrides replace the budget's.
+  report_split: select each run's checkpoint on a validation split, report it there."""
   runs = []
-  for depth in depths or spec['depths']:
-    for placement in placements or spec['placements']:
-      for seed in seeds or range(spec['seeds']):
-        # Identity Mappings warms every unit up (recipe '2016'), so every placement here does.
-        config = study.base_config(dataset, f'depth={depth},placement={placement},recipe=2016')
+  for depth in depths or budget.depths:
+    for placement in placements or budget.placements:
+      for seed in seeds:
+        config = _config(dataset, depth, placement)
         config.seed = seed
-        paper = budget == 'paper'
-        study.apply_budget(
-            config, steps=steps, batch_size=spec['batch_size'],
-            eval_split=spec['eval_split'], evals=spec['evals'], paper=paper,
-            warmup_steps=None if paper else round(400 * steps / 64_000), unrolled=not paper)
+        study.apply_budget(config, steps=budget.steps, batch_size=budget.batch_size,
+                           eval_split=budget.eval_split, evals=budget.evals, paper=budget.paper,
+                           warmup_steps=budget.warmup_steps, unrolled=not budget.paper)
+        config.warmup_steps = budget.warmup_steps
+        config.warmup_mode = 'constant'
+        if not budget.paper:
+          config.lr_schedule = 'constant'
+          config.lr_boundaries = ()
         if report_split:
           study.select_on_validation(config)
         study.override(config, overrides)
         runs.append(runner.Run(name=f'{placement}-d{depth}-s{seed}{variant}', config=config,
                                meta={'dataset': dataset, 'placement': placement, 'depth': depth,
-                                     'seed': seed}, report_split=report_split))
+                                     'seed': seed, 'early_steps': budget.early_steps},
+                               report_split=report_split))
   return runs
 
 
-def paper_median(dataset: str, depth: int, placement: str) -> float | None:
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        pass  # The last line of an interrupted write; that measurement is simply redone.
+  return records
+
+
+def _rounded(values) -> list[float]:
+  return [float(f'{v:.5g}') for v in values]
+
+
+def measure_init(budget: Budget, dataset: str, seeds, overrides, variant: str, out: str
+                 ) -> list[dict]:
+  """The init measurements, one record per (placement, depth, seed), appended to
+  out/init_log.jsonl as each is made; a rerun measures only what the log does not hold."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, 'init_log.jsonl')
+  key = lambda r: (r['placement'], r['depth'], r['seed'], r['batch'], r['variant'])
+  records = {key(r): r for r in _read_jsonl(path)}
+  wanted, batch = [], None
+  for depth in budget.init_depths:
+    for placement in budget.init_placements:
+      todo = [s for s in seeds
+              if (placement, depth, s, budget.measure_batch, variant) not in records]
+      wanted += [(placement, depth, s, budget.measure_batch, variant) for s in seeds]
+      if not todo:
+        continue
+      config = _config(dataset, depth, placement)
+      config.model.scan = True  # Compiles each stage once: minutes less for the deep nets.
+      study.override(config, overrides)
+      prepared = run_lib.prepare(config, open_data=False)
+      model = run_lib.model(prepared.config)
+      if batch is None:
+        batch = probes.fixed_batch(prepared.config, budget.measure_batch)
+      fn, spans = probes.unit_norms_fn(model), probes.stage_spans(model)
+      init = jax.jit(lambda rng: state_lib.init_variables(rng, model, prepared.image_shape))
+      for seed in todo:
+        started = time.perf_counter()
+        measured = probes.unit_norms(model, init(jax.random.key(seed)), *batch, fn)
+        record = {'placement': placement, 'depth': depth, 'seed': seed,
+                  'batch': budget.measure_batch, 'variant': variant,
+                  'loss': measured['loss'], **probes.stage_ratios(measured, spans),
+                  **{kind: _rounded(measured[kind])
+                     for kind in ('input', 'activation', 'param', 'weight')},
+                  'wall_s': round(time.perf_counter() - started, 2),
+                  'hardware': hardware.devices_line()}
+        with open(path, 'a') as f:
+          f.write(json.dumps(record) + '\n')
+          f.flush()
+          os.fsync(f.fileno())
+        records[key(record)] = record
+        print(f'{STUDY}: init {placement}-{depth} seed {seed}: loss {record["loss"]:.3f}, '
+              'gradient ratio per stage ' + ', '.join(
+                  f'{record[f"grad_{s}"]:.3g}' for s in STAGES if f'grad_{s}' in record) +
+              f' ({record["wall_s"]:.1f} s)', flush=True)
+  return [records[k] for k in wanted]
+
+
+def _mean_log(record: dict, kind: str) -> float:
+  values = [record[f'{kind}_{s}'] for s in STAGES if f'{kind}_{s}' in record]
+  return statistics.mean(math.log(v) for v in values) if values else float('nan')
+
+
+def early_loss(row: dict) -> float:
+  """The mean training loss over the log windows that end within the run's first early_steps."""
+  if row['status'] != 'ok':
+    return float('nan')
+  losses = [v for step, v in plots.read_curves(row['workdir'])['train/loss']
+            if step <= row['early_steps']]
+  return statistics.mean(losses) if losses else float('nan')
+
+
+def verdicts(init: list[dict], rows: list[dict], expected: int) -> list[dict]:
+  """The verdicts of the claims whose placements were measured: the init claims at the depths
+  of Table 2 measured (110, 164; else the deepest), the training claims at every trained
+  depth."""
+  nan = float('nan')
+  checked = []
+  depths = sorted({r['depth'] for r in init})
+  for depth in [d for d in depths if d in (110, 164)] or depths[-1:]:
+    seeds = sorted({r['seed'] for r in init if r['depth'] == depth})
+    value = {(r['placement'], r['seed']): r for r in init if r['depth'] == depth}
+    log = lambda p, kind: [_mean_log(value[(p, s)], kind) if (p, s) in value else nan
+                           for s in seeds]
+    minus = lambda a, b, kind: [x - y for x, y in zip(log(a, kind), log(b, kind))]
+    preact, after_add, bn, relu = claims(depth, 'init')
+    tests = [(preact, {'full_preact'}, lambda: log('full_preact', 'grad')),
+             (after_add, {'full_preact', 'original'},
+              lambda: minus('full_preact', 'original', 'grad')),
+             (bn, {'full_preact', 'bn_after_add'},
+              lambda: minus('full_preact', 'bn_after_add', 'grad')),
+             (relu, {'relu_before_add', 'full_preact'},
+              lambda: minus('relu_before_add', 'full_preact', 'growth'))]
+    measured = {p for p, _ in value}
+    checked += [hypotheses.verdict(claim, differences())
+                for claim, arms, differences in tests if arms <= measured]
+  for depth in sorted({r['depth'] for r in rows}):
+    seeds = sorted({r['seed'] for r in rows if r['depth'] == depth})
+    by = {(r['placement'], r['seed']): r for r in rows if r['depth'] == depth}
+    ok = lambda p, s: (p, s) in by and by[(p, s)]['status'] == 'ok'
+    loss = lambda p: [early_loss(by[(p, s)]) if ok(p, s) else nan for s in seeds]
+    error = lambda p: [by[(p, s)]['test_error'] if ok(p, s) else nan for s in seeds]
+    minus = lambda a, b: [x - y for x, y in zip(a, b)]
+    slow, relu, preact = claims(depth, 'train')
+    tests = [(slow, {'bn_after_add', 'original'},
+              lambda: minus(loss('bn_after_add'), loss('original'))),
+             (relu, {'relu_before_add', 'original'},
+              lambda: minus(error('relu_before_add'), error('original'))),
+             (preact, {'full_preact', 'original'},
+              lambda: minus(error('full_preact'), error('original')))]
+    measured = {p for p, _ in by}
+    checked += [hypotheses.verdict(claim, differences(), expected)
+                for claim, arms, differences in tests if arms <= measured]
+  return checked
+
+
+def init_table(init: list[dict]) -> list[dict]:
+  """Per depth and placement: the initial loss (mean) and the ratios per stage (geometric mean,
+  and the lowest and highest seed)."""
+  cells = []
+  for depth in sorted({r['depth'] for r in init}):
+    for placement in [p for p in PLACEMENTS if any(r['placement'] == p for r in init)]:
+      group = [r for r in init if r['depth'] == depth and r['placement'] == placement]
+      cell = {'depth': depth, 'placement': placement, 'seeds': len(group),
+              'initial loss': f'{statistics.mean(r["loss"] for r in group):.3f}'}
+      for kind, label in (('grad', 'gradient ratio'), ('growth', 'forward growth')):
+        for s in STAGES:
+          values = [r[f'{kind}_{s}'] for r in group if f'{kind}_{s}' in r]
+          if values:
+            geo = math.exp(statistics.mean(math.log(v) for v in values))
+            cell[f'{label}, stage {s}'] = f'{geo:.3g} ({min(values):.3g}-{max(values):.3g})'
+      cells.append(cell)
+  return cells
+
+
+def train_table(rows: list[dict], dataset: str) -> list[dict]:
+  """Per depth and placement: the early training loss and the final test error over seeds."""
   numbers = papers.paper_numbers()
   table = numbers['identity_mappings_table2' if dataset == 'cifar10'
                   else 'identity_mappings_table3_cifar100']
-  return table.get(f'ResNet-{depth}', {}).get(placement)
-
-
-def summarise(rows: list[dict], dataset: str) -> list[dict]:
-  """One row per (depth, placement): median, mean and std of the final test error over seeds."""
   cells = []
   for depth in sorted({r['depth'] for r in rows}):
     for placement in [p for p in PLACEMENTS if any(r['placement'] == p for r in rows)]:
       group = [r for r in rows if r['depth'] == depth and r['placement'] == placement]
-      test = [r['test_error'] for r in group if r['status'] == 'ok']
-      train = [r['train_error'] for r in group if r['status'] == 'ok' and r['train_error'] is not None]
-      cells.append({
-          'depth': depth, 'placement': placement, 'runs ok': f'{len(test)}/{len(group)}',
-          'median test error %': statistics.median(test) if test else None,
-          'mean +- std %': (f'{statistics.mean(test):.2f} +- '
-                            f'{statistics.stdev(test) if len(test) > 1 else 0.0:.2f}'
-                            if test else None),
-          'paper median %': paper_median(dataset, depth, placement),
-          'median train error %': statistics.median(train) if train else None,
-          'test': test,
-      })
+      ok = [r for r in group if r['status'] == 'ok']
+      loss = [early_loss(r) for r in ok]
+      test = [r['test_error'] for r in ok]
+      spread = lambda v, f: f'{statistics.mean(v):{f}} ({min(v):{f}}-{max(v):{f}})' if v else None
+      cells.append({'depth': depth, 'placement': placement, 'runs ok': f'{len(ok)}/{len(group)}',
+                    'early training loss': spread(loss, '.3f'),
+                    'final test error %': spread(test, '.2f'), 'test': test,
+                    'paper median %': table.get(f'ResNet-{depth}', {}).get(placement)})
   return cells
+
+
+def _plot_init(init: list[dict], kind: str, ylabel: str, title: str, path: str) -> str:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(STAGES), figsize=(9.0, 3.4), squeeze=False, sharey=True)
+  colours = plt.get_cmap('tab10')
+  for ax, s in zip(axes[0], STAGES):
+    for i, placement in enumerate(p for p in PLACEMENTS if any(r['placement'] == p for r in init)):
+      depths = sorted({r['depth'] for r in init if r['placement'] == placement
+                       and f'{kind}_{s}' in r})
+      values = [[r[f'{kind}_{s}'] for r in init if r['placement'] == placement
+                 and r['depth'] == d] for d in depths]
+      geo = [math.exp(statistics.mean(math.log(v) for v in vs)) for vs in values]
+      ax.plot(depths, geo, marker='o', markersize=3, color=colours(i), label=placement)
+      ax.fill_between(depths, [min(v) for v in values], [max(v) for v in values],
+                      color=colours(i), alpha=0.15, linewidth=0)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xticks(sorted({r['depth'] for r in init}), [str(d) for d in sorted(
+        {r['depth'] for r in init})])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
+    ax.axhline(1.0, color='black', linewidth=0.6)
+    ax.set_title(f'stage {s}', fontsize=9)
+    ax.set_xlabel('depth')
+    ax.grid(alpha=0.3, which='both')
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  return plots.save(fig, path, dpi=100)
+
+
+def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
+            provenance: publish.Provenance) -> int:
+  """Verdicts, tables, plots, results.md and results.json from the training rows (their curves
+  in out/runs/<name>/metrics.jsonl) and the init records: what the study writes at its end, and
+  what `republish` recomputes from committed files."""
+  dataset = rows[0]['dataset'] if rows else 'cifar10'
+  seeds = len({r['seed'] for r in rows})
+  publish.write_csv(publish.portable(rows, out), os.path.join(out, 'results.csv'))
+  # The records of this result (the log may hold other settings' too), per unit.
+  workdir_lib.write_atomic(os.path.join(out, 'init.jsonl'),
+                           ''.join(json.dumps(r) + '\n' for r in init))
+  publish.write_csv([{k: v for k, v in r.items() if not isinstance(v, list)} for r in init],
+                    os.path.join(out, 'init.csv'))
+  title = publish.plot_title(f'{STUDY} ({dataset})', budget_name, rows)
+  files = ['results.csv', 'init.csv', 'init.jsonl']
+  files.append(_plot_init(init, 'grad', '|dL/dx| second unit / last unit',
+                          f'{title}\nsame-shape gradient ratio per stage at init (geometric mean, '
+                          'band: lowest-highest seed)', os.path.join(out, 'init_gradient_ratio.png')))
+  files.append(_plot_init(init, 'growth', '|x| last unit / second unit',
+                          f'{title}\nforward growth of the residual stream per stage at init',
+                          os.path.join(out, 'init_forward_growth.png')))
+  if rows:
+    files += plots.curves_by_group(
+        rows, group='placement', panel='depth', title=title, out_dir=out,
+        series=(('train/loss', 'training loss', 'train_loss_curves.png'),
+                ('eval/error', 'test error (%)', 'test_error_curves.png')))
+  checked = verdicts(init, rows, seeds)
+  for record in checked:
+    print(f'{record["name"]}: {hypotheses.describe(record)}', flush=True)
+  init_md = init_table(init)
+  init_columns = ['depth', 'placement', 'seeds', 'initial loss',
+                  *[f'gradient ratio, stage {s}' for s in STAGES],
+                  *[f'forward growth, stage {s}' for s in STAGES]]
+  train_md = publish.markdown_table(
+      train_table(rows, dataset),
+      ['depth', 'placement', 'runs ok', 'early training loss', 'final test error %',
+       'paper median %'])
+  body = ['## At initialisation', '',
+          f'One fixed batch of {init[0]["batch"] if init else "-"} training images, train-mode '
+          'BN. Gradient '
+          'ratio: |dL/dx| at the stage\'s second unit over that at its last; forward growth: '
+          '|x| at the last unit over that at the second (same-shape tensors). Geometric mean '
+          'over the seeds (lowest-highest).', '',
+          publish.markdown_table(init_md, init_columns), '',
+          '## Training', '',
+          'Early training loss: the mean of the logged training loss over the first '
+          f'{rows[0]["early_steps"] if rows else "-"} steps; final test error: the last step\'s, on the eval split. '
+          'Mean (lowest-highest) over the seeds; "paper median %" is Identity Mappings '
+          'Table 2 (ResNet-110/164 only, after 64k steps).', '', train_md, '',
+          '## Runs', '',
+          publish.markdown_table(rows, ['placement', 'depth', 'seed', 'train_error', 'test_error',
+                                        'eval_examples', 'steps', 'wall_s', 'status']), '',
+          '## Plots', '', *[f'![{f}]({f})' for f in files if f.endswith('.png')], '',
+          '## Deviations from the paper', '', *[f'- {d}' for d in DEVIATIONS], '']
+  return publish.publish(out, study=STUDY, title=f'Activation placement ablation, {dataset}',
+                         budget=budget_name, rows=rows, files=files, body=body,
+                         provenance=provenance, notes='', headline=train_md, hypotheses=checked)
+
+
+def republish(out: str) -> int:
+  """`analyse` again from the folder's results.json, init.jsonl and runs' metrics.jsonl alone."""
+  manifest, rows = publish.read_manifest(out)
+  return analyse(out, manifest['budget'], rows, _read_jsonl(os.path.join(out, 'init.jsonl')),
+                 publish.Provenance(manifest['command'], manifest['versions'],
+                                    manifest['wall_s']))
 
 
 @cli.one_line_errors
@@ -120,49 +452,30 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   study.add_flags(parser, validation=True)
   parser.add_argument('--placements', type=lambda text: tuple(text.split(',')), default=None,
-                      help=f"placements, comma-separated, of {', '.join(PLACEMENTS)}; default: "
-                           "the budget's.")
+                      help=f"trained placements, comma-separated, of {', '.join(PLACEMENTS)}; "
+                           "default: the budget's.")
+  parser.add_argument('--init_seeds', type=study.seed_list, default=None,
+                      help="seeds of the init measurements, a count or a list; default: the "
+                           "budget's.")
   args = study.parse_args(parser, argv)
   unknown = [p for p in args.placements or () if p not in PLACEMENTS]
   if unknown:
     parser.error(f'--placements: {unknown[0]!r} is not one of {", ".join(PLACEMENTS)}')
+  budget = BUDGETS[args.budget]
+  if args.steps:
+    budget = dataclasses.replace(budget, steps=args.steps,
+                                 early_steps=min(budget.early_steps, args.steps),
+                                 warmup_steps=min(budget.warmup_steps, args.steps // 4))
   started = time.perf_counter()
-  runs = build_runs(args.budget, args.seeds, args.dataset, steps=args.steps, depths=args.depths,
+  runs = build_runs(budget, args.seeds or range(budget.seeds), args.dataset, depths=args.depths,
                     placements=args.placements, overrides=args.overrides, variant=args.variant,
                     report_split=args.report_split)
+  os.makedirs(args.results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
+  init = measure_init(budget, args.dataset, args.init_seeds or range(budget.init_seeds),
+                      args.overrides, args.variant, args.results_dir)
   rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
-  wall = time.perf_counter() - started
-  cells = summarise(rows, args.dataset)
-  out = args.results_dir
-  publish.write_csv(rows, os.path.join(out, 'results.csv'))
-  title = publish.plot_title(f'{STUDY} ({args.dataset})', args.budget, rows)
-  files = ['results.csv']
-  files += plots.curves_by_group(
-      rows, group='placement', panel='depth', title=title, out_dir=out,
-      series=(('eval/error', 'test error (%)', 'test_error_curves.png'),
-              ('train/loss', 'training loss', 'train_loss_curves.png')))
-  files.append(plots.bars(cells, title=title, path=os.path.join(out, 'bars.png')))
-
-  paper_label = ('Identity Mappings Table 2 (CIFAR-10, median of 5)' if args.dataset == 'cifar10'
-                 else 'Identity Mappings Table 3 (CIFAR-100, median of 5)')
-  table = publish.markdown_table(cells, ['depth', 'placement', 'runs ok', 'median test error %',
-                                         'mean +- std %', 'paper median %',
-                                         'median train error %'])
-  body = [f'**What this budget shows.** {WHAT_IT_SHOWS[args.budget]}', '',
-          '## Final test error per placement and depth', '',
-          f'Across seeds; "paper median %" is {paper_label}, for ResNet-110/164 only ("-": the '
-          'paper has no such cell).', '', table, '',
-          '## Runs', '',
-          publish.markdown_table(rows, ['placement', 'depth', 'seed', 'train_error', 'test_error',
-                                        'eval_examples', 'steps', 'wall_s', 'status']), '',
-          '## Plots', '',
-          *[f'![{f}]({f})' for f in files if f.endswith('.png')], '',
-          '## Deviations from the paper', '',
-          *[f'- {d}' for d in DEVIATIONS], '']
-  return publish.publish(out, study=STUDY, title=f'Activation placement ablation, {args.dataset}',
-                         budget=args.budget, rows=rows, files=files, body=body,
-                         provenance=publish.Provenance.now(wall),
-                         notes=WHAT_IT_SHOWS[args.budget], headline=table)
+  return analyse(args.results_dir, args.budget, rows, init,
+                 publish.Provenance.now(time.perf_counter() - started))
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from experiments import papers, publish, runner, study
+from experiments import activation_ablation, papers, publish, runner, study
 from resnet_jax import cli
 from resnet_jax.errors import UserError
 from tests import helpers
@@ -65,7 +65,7 @@ def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
   out, seconds = ablation
   assert seconds < 180, f'the smoke budget took {seconds:.0f} s'
   rows = _csv(out / 'results.csv')
-  assert [r['placement'] for r in rows] == ['original', 'full_preact']
+  assert [r['placement'] for r in rows] == ['original', 'bn_after_add']
   for column in ('dataset', 'placement', 'depth', 'seed', 'config.model.placement',
                  'train_error', 'test_error', 'wall_s', 'hardware', 'status'):
     assert column in rows[0], column
@@ -73,10 +73,23 @@ def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
     assert row['status'] == 'ok'
     assert 0 <= float(row['test_error']) <= 100 and 0 <= float(row['train_error']) <= 100
   md = (out / 'results.md').read_text()
-  assert '| 20 | original | 1/1 |' in md and '| 20 | full_preact | 1/1 |' in md
+  assert '| 20 | original | 1/1 |' in md and '| 20 | bn_after_add | 1/1 |' in md
   assert 'python -m experiments.activation_ablation --budget smoke' in md
-  for png in ('test_error_curves.png', 'train_loss_curves.png', 'bars.png'):
+  for png in ('test_error_curves.png', 'train_loss_curves.png', 'init_gradient_ratio.png',
+              'init_forward_growth.png'):
     assert _is_png(out / png), png
+  # The init part: one record per placement of the budget, the ratios of every stage.
+  init = [json.loads(line) for line in (out / 'init.jsonl').read_text().splitlines()]
+  assert [r['placement'] for r in init] == list(activation_ablation.TRAINED)
+  for record in init:
+    assert len(record['input']) == 9 and record['loss'] > 0
+    assert all(record[f'{kind}_{s}'] > 0 for kind in ('grad', 'growth') for s in (1, 2, 3))
+  # One seed: every claim whose placements ran gets a computed verdict that says why it is
+  # inconclusive (4 at init; bn_after_add against original in training).
+  manifest = json.loads((out / 'results.json').read_text())
+  assert len(manifest['hypotheses']) == 5
+  assert {h['verdict'] for h in manifest['hypotheses']} == {'inconclusive'}
+  assert '## Claims tested' in md and 'bn_after_add minus original' in md
 
 
 @needs_cifar10
@@ -122,7 +135,7 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   # The command that reproduces each study, with a results folder anyone can use.
   assert ('`python -m experiments.activation_ablation --budget smoke --results_dir '
           'results/activation_ablation-smoke`') in text
-  assert '| 20 | full_preact | 1/1 |' in text  # The headline table of the study.
+  assert '| 20 | bn_after_add | 1/1 |' in text  # The headline table of the study.
   assert 'left out' in result.stderr
   assert _is_png(tmp_path / 'results' / 'degradation-smoke' / 'fig6_curves.png')
 
@@ -161,12 +174,12 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
              '--results_dir', str(out)]
   proc = subprocess.Popen(command, cwd=ROOT, env=helpers.env(1), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
-  checkpoint = out / 'runs' / 'original-d20-s0' / 'checkpoints' / '15'
+  checkpoint = out / 'runs' / 'original-d20-s0' / 'checkpoints' / '10'
   deadline = time.time() + 300
   while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
   time.sleep(1.0)
-  os.killpg(proc.pid, signal.SIGKILL)  # Mid-run: step 15 of 30 saved, the rest not.
+  os.killpg(proc.pid, signal.SIGKILL)  # Mid-run: step 10 of 20 saved, the rest not.
   proc.wait()
   assert not (out / 'runs' / 'original-d20-s0' / 'summary.json').exists()
   result = subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
@@ -244,8 +257,9 @@ def test_a_run_selected_on_validation_reports_its_best_checkpoint_on_test(tmp_pa
 
 
 def _study_configs(budget):
-  from experiments import activation_ablation, degradation, gradient_flow, lesion
-  configs = [r.config for r in activation_ablation.build_runs(budget, None, 'cifar10')]
+  from experiments import degradation, gradient_flow, lesion
+  ablation = activation_ablation.BUDGETS[budget]
+  configs = [r.config for r in activation_ablation.build_runs(ablation, range(1), 'cifar10')]
   configs += [r.config for r in degradation.build_runs(budget, None, 'cifar10')]
   configs += [r.config for r in gradient_flow.build_runs(gradient_flow.BUDGETS[budget],
                                                          'cifar10')]
@@ -323,3 +337,26 @@ def test_a_user_error_that_escapes_a_study_is_one_line(capsys):
     main()
   assert exit_.value.code == 2
   assert capsys.readouterr().err == 'error: --results_dir=x: not writable.\n'
+
+
+def test_ablation_verdicts_are_computed_from_paired_init_seeds():
+  # Five seeds where full_preact's gradient ratio beats every other placement's in every stage,
+  # and relu_before_add's stream grows less than full_preact's: the three gradient claims are
+  # shown, the growth claim is not, and no training claim is made without training runs.
+  init = []
+  for seed in range(5):
+    for placement, grad, growth in (('full_preact', 4.0, 2.0), ('original', 2.0, 1.5),
+                                    ('bn_after_add', 1.5, 1.0), ('relu_before_add', 3.0, 1.2)):
+      ratios = {f'{kind}_{s}': value * (1 + 0.01 * seed)
+                for kind, value in (('grad', grad), ('growth', growth)) for s in (1, 2, 3)}
+      init.append({'placement': placement, 'depth': 110, 'seed': seed, **ratios})
+  checked = activation_ablation.verdicts(init, [], 5)
+  assert [(h['name'], h['verdict']) for h in checked] == [
+      ('preact_gradient_does_not_attenuate_110', 'shown'),
+      ('after_add_relu_attenuates_110', 'shown'),
+      ('bn_after_add_impedes_propagation_110', 'shown'),
+      ('relu_before_add_grows_the_stream_110', 'not shown')]
+  assert checked[1]['n_seeds'] == 5 and abs(checked[1]['effect'] - 0.6931) < 1e-3
+  # A placement not measured: its claims are left out, not given a verdict.
+  partial = activation_ablation.verdicts([r for r in init if r['placement'] != 'original'], [], 5)
+  assert 'after_add_relu_attenuates_110' not in [h['name'] for h in partial]
