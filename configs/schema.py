@@ -49,6 +49,9 @@ def get_config():
   # Flax's BN momentum is the decay of the running averages (PyTorch's 0.1 is 1 - 0.9).
   config.model.bn_momentum = 0.9
   config.model.bn_epsilon = 1e-5
+  # The classifier's initial weights: 'lecun_normal' (flax's default), 'uniform' (torch.nn.Linear's,
+  # kept by fb.resnet.torch) or 'zeros'; the papers do not say (resnet_jax/models/layers.py).
+  config.model.head_init = 'lecun_normal'
 
   # Data: a dataset of resnet_jax/data/datasets.py (tfds ArrayRecord through tfds.data_source +
   # grain, or scikit-learn's digits offline), or any other tfds dataset.

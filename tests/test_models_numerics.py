@@ -104,6 +104,25 @@ def test_create_model_passes_zero_init_last_to_every_unit():
   assert seen == [True] * 9
 
 
+@pytest.mark.parametrize('head_init', sorted(layers.HEAD_INITS))
+def test_head_init_chooses_the_classifier_weights(head_init):
+  model = models.create_model('cifar', 20, head_init=head_init, scan=False)
+  head = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']['head']
+  kernel = np.asarray(head['kernel'])  # (64, 10): fan_in 64
+  assert np.all(np.asarray(head['bias']) == 0)
+  if head_init == 'zeros':
+    assert np.all(kernel == 0)
+  elif head_init == 'uniform':  # torch.nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert np.abs(kernel).max() <= 1 / 8 and np.abs(kernel).max() > 0.1
+  else:  # flax's default: std 1/sqrt(fan_in), truncated normal
+    assert 0.08 < kernel.std() < 0.17 and np.abs(kernel).max() > 1 / 8
+
+
+def test_head_init_rejects_an_unknown_name():
+  with pytest.raises(ValueError, match="head_init='he' is not allowed; allowed: 'lecun_normal'"):
+    models.create_model('cifar', 20, head_init='he')
+
+
 def test_stochastic_depth_follows_the_linear_rule():
   rates = []
 

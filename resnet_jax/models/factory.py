@@ -69,7 +69,8 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
                  width=1.0, dtype='float32', param_dtype='float32', scan=None, scan_unroll=1,
                  remat=False, canonical_conv_grads=None, unit_fence=None,
                  zero_init_last=False, stochastic_depth=0.0, resnet_d=False, stride_in_3x3=True,
-                 axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5, backend=None) -> ResNet:
+                 axis_name=None, bn_momentum=0.9, bn_epsilon=1e-5, head_init='lecun_normal',
+                 backend=None) -> ResNet:
   """Builds a ResNet of He et al. 2015 / 2016; call it as `model.apply(v, images, train=...)`.
 
   Args:
@@ -106,6 +107,8 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       ResNet-164/1001.
     axis_name: a named axis (pmap or shard_map) over which BN averages its batch statistics.
     bn_momentum, bn_epsilon: BN running-average momentum (flax convention) and epsilon.
+    head_init: the classifier's initial weights, a name of layers.HEAD_INITS: 'lecun_normal'
+      (flax's default), 'uniform' (torch.nn.Linear's) or 'zeros'; its bias starts at 0.
     backend: the backend ('cpu', 'gpu', 'tpu') that scan, canonical_conv_grads and unit_fence
       left at None are chosen for; None asks jax.default_backend(), which starts JAX's backends.
   """
@@ -154,6 +157,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
     raise ValueError(f'bn_momentum={bn_momentum!r} must be in [0, 1)')
   if not bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={bn_epsilon!r} must be positive')
+  _check_choice('head_init', head_init, tuple(layers.HEAD_INITS))
   _check_bool('canonical_conv_grads', canonical_conv_grads, allow_none=True)
   _check_bool('unit_fence', unit_fence, allow_none=True)
   if None in (scan, canonical_conv_grads, unit_fence):
@@ -173,7 +177,7 @@ def create_model(family, depth, *, placement='original', shortcut=None, num_clas
       canonical_conv_grads=canonical_conv_grads, unit_fence=unit_fence,
       zero_init_last=zero_init_last, stochastic_depth=float(stochastic_depth), resnet_d=resnet_d,
       stride_in_3x3=stride_in_3x3 if family == 'imagenet' else False, axis_name=axis_name,
-      bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon))
+      bn_momentum=float(bn_momentum), bn_epsilon=float(bn_epsilon), head_init=head_init)
 
 
 def from_config(model_config, **overrides) -> ResNet:

@@ -16,6 +16,17 @@ ModuleDef = Any
 # BN after every conv the two train alike, and fan_in is what the paper's text prescribes.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
+# The classifier's initial weights (config.model.head_init); every choice starts the bias at 0.
+# 'lecun_normal': flax's nn.Dense default, std sqrt(1 / fan_in). 'uniform': U(-1/sqrt(fan_in),
+# 1/sqrt(fan_in)), torch.nn.Linear's default that fb.resnet.torch (a later Torch
+# re-implementation) keeps for the classifier while zeroing its bias. 'zeros': a zero classifier,
+# so every class starts at the same logit (big_vision's head_zeroinit). The papers do not say.
+HEAD_INITS = {
+    'lecun_normal': nn.initializers.lecun_normal(),
+    'uniform': nn.initializers.variance_scaling(1.0 / 3, 'fan_in', 'uniform'),
+    'zeros': nn.initializers.zeros,
+}
+
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 

@@ -87,6 +87,7 @@ class ResNet(nn.Module):
   axis_name: str | None = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  head_init: str = 'lecun_normal'
 
   @nn.compact
   def __call__(self, images, train: bool, unit_mask=None):
@@ -146,7 +147,7 @@ class ResNet(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     # The head runs in float32: it is tiny, and the logits feed a float32 loss.
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    name='head')(x)
+                    kernel_init=layers.HEAD_INITS[self.head_init], name='head')(x)
 
   def _unit_shortcut(self, changes_shape):
     if self.shortcut == 'none':
