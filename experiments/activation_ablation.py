@@ -366,8 +366,10 @@ def _plot_init(init: list[dict], kind: str, ylabel: str, title: str, path: str) 
     ax.set_xticks(sorted({r['depth'] for r in init}), [str(d) for d in sorted(
         {r['depth'] for r in init})])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
+    # Labels at 1, 2 and 5 times the powers of ten only: labelled minor ticks overlap.
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axhline(1.0, color='black', linewidth=0.6)
     ax.set_title(f'stage {s}', fontsize=9)
     ax.set_xlabel('depth')

@@ -166,6 +166,27 @@ def test_the_report_rebuilds_a_study_from_its_committed_files_alone(degradation,
   assert '### degradation (smoke budget)' in docs.read_text()
 
 
+def test_the_committed_results_rebuild_to_the_same_verdicts_and_tables(tmp_path):
+  """docs/results/ as committed: `experiments.report` recomputes every folder that holds its
+  runs' rows (results.json), with the same verdicts and the same tables."""
+  import shutil
+  shutil.copytree(ROOT / 'docs', tmp_path / 'docs')
+  folders = [f for f in (tmp_path / 'docs' / 'results').iterdir()
+             if (f / 'results.json').exists()
+             and json.loads((f / 'results.json').read_text()).get('rows')]
+  assert folders, 'no committed study folder holds its rows'
+  before = {f.name: (json.loads((f / 'results.json').read_text())['hypotheses'],
+                     (f / 'results.csv').read_text()) for f in folders}
+  result = subprocess.run([sys.executable, '-m', 'experiments.report', '--docs',
+                           str(tmp_path / 'docs' / 'results.md')], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  after = {f.name: (json.loads((f / 'results.json').read_text())['hypotheses'],
+                    (f / 'results.csv').read_text()) for f in folders}
+  assert after == before
+  assert (tmp_path / 'docs' / 'results.md').read_text() == (ROOT / 'docs' / 'results.md').read_text()
+
+
 @pytest.mark.slow
 @needs_cifar10
 def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
