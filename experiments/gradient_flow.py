@@ -12,8 +12,9 @@ Nets (He et al. 2015 and 2016): plain (shortcut 'none', the 2015 'original' plac
 initialisation and at the checkpoints of a short training run made by the sweep runner
 (experiments/runner.py, hence resnet_jax.train.loop.train_and_evaluate). Identity Mappings Sec. 3
 argues that with identity shortcuts and no activation after the addition, the gradient at any unit
-contains the gradient at the top unchanged, so the first-to-last ratio should stay near 1 for
-pre-activation nets and drift for the others; the tables report whatever is measured.
+contains the gradient at the top unchanged (Eq. 5): that rules out a first-to-last ratio far
+below 1 for pre-activation nets, not a ratio above 1 (growth towards the input); the tables
+report whatever is measured.
 """
 
 import argparse
