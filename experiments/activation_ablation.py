@@ -73,7 +73,14 @@ class Budget:
   paper: bool = False
 
 
-TRAINED = ('original', 'bn_after_add', 'relu_before_add', 'full_preact')
+# The arms this study trains, its own choice (the placements Sec. 4.1 and Table 2 separate
+# most), not a fact about placements: models.PLACEMENTS lists them all.
+TRAINED = (
+    'original',
+    'bn_after_add',
+    'relu_before_add',
+    'full_preact',
+)
 BUDGETS = {
     'smoke': Budget(init_depths=(20,), init_placements=TRAINED, init_seeds=1, measure_batch=16,
                     depths=(20,), placements=('original', 'bn_after_add'), seeds=1, steps=20,
