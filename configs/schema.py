@@ -123,6 +123,13 @@ def get_config():
   # the recipe warms up, else 'linear'.
   config.warmup_mode = ml_collections.config_dict.placeholder(str)
   config.warmup_lr = 0.01
+  # How the warm-up ends. 'steps': after warmup_steps. 'train_error': He et al. 2015 (Sec. 4.2)
+  # warm ResNet-110 up "until the training error is below 80%": warmup_lr holds until the
+  # running training error (an average over about warmup_error_window steps) is below
+  # warmup_error, and after warmup_steps at the latest; it needs warmup_mode 'constant'.
+  config.warmup_rule = 'steps'
+  config.warmup_error = 0.8
+  config.warmup_error_window = 20
   config.label_smoothing = 0.0
 
   # Bookkeeping, in steps.

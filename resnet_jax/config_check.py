@@ -120,7 +120,7 @@ _NON_NEGATIVE = (lambda v: v >= 0, 'must be >= 0')
 _RANGES = (
     *((key, *_POSITIVE) for key in (
         'batch_size', 'eval_batch_size', 'log_every_steps', 'eval_every_steps',
-        'checkpoint_every_steps', 'keep_checkpoints', 'data.image_size',
+        'checkpoint_every_steps', 'keep_checkpoints', 'warmup_error_window', 'data.image_size',
         'data.worker_buffer_size', 'data.read_threads', 'data.read_buffer_size')),
     *((key, *_NON_NEGATIVE) for key in (
         'learning_rate', 'warmup_lr', 'weight_decay', 'warmup_steps', 'data.prefetch_to_device')),
@@ -128,6 +128,8 @@ _RANGES = (
     ('lr_decay_factor', lambda v: v > 0,
      'must be > 0 (it multiplies the learning rate at each of lr_boundaries, e.g. 0.1)'),
     ('momentum', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    ('warmup_error', lambda v: 0 < v <= 1,
+     'must be in (0, 1] (the training error, as a fraction, below which the warm-up ends)'),
     ('label_smoothing', lambda v: 0 <= v < 1, 'must be in [0, 1)'),
     ('data.pad', lambda v: v >= 0, 'must be >= 0 (pixels of padding before the random crop)'),
     ('data.crop_fraction', lambda v: 0 < v <= 1,
@@ -160,6 +162,11 @@ def validate(config) -> None:
   _choice(config, 'weight_decay_type', optim.WEIGHT_DECAY_TYPES)
   _choice(config, 'lr_schedule', optim.SCHEDULES)
   _choice(config, 'warmup_mode', optim.WARMUP_MODES)
+  _choice(config, 'warmup_rule', optim.WARMUP_RULES)
+  if config.warmup_rule == 'train_error':
+    _check(config.warmup_mode in (None, 'constant'), 'warmup_mode', config.warmup_mode,
+           "must be 'constant' with warmup_rule='train_error': a warm-up of unknown length "
+           'cannot ramp')
   _choice(config, 'distributed.initialize', parallel.INITIALIZE)
   _choice(config, 'data.pipeline', datasets.PIPELINES)
   if config.data.pipeline == 'device':

@@ -11,7 +11,8 @@ Precedence, for each derived key:
   data.mean, data.std, data.image_size, model.num_classes: a value set; else the dataset's record
     (resnet_jax/data/datasets.py; image_size only for datasets of one image size).
   warmup_steps: a number set; else warmup_epochs in steps, if > 0; else the recipe's (400 or 0).
-  warmup_mode: a value set; else 'constant' where the recipe warms this net up, else 'linear'.
+  warmup_mode: a value set; else 'constant' where the recipe warms this net up or warmup_rule is
+    'train_error', else 'linear'.
   eval_every_steps: eval_every_epochs in steps if that is > 0, else as set. Epochs win here, as
     num_epochs does over num_train_steps, because every config has a number of steps (so it
     cannot tell a default from a choice); `--config.eval_every_epochs=0` brings the steps back.
@@ -116,8 +117,13 @@ def finalize(config, num_train_examples: int | None = None) -> ml_collections.Co
       config.warmup_steps = _epochs_to_steps(config, 'warmup_epochs', num_train_examples)
     else:
       config.warmup_steps = RECIPE_WARMUP_STEPS if warms_up else 0
+  by_error = config.warmup_rule == 'train_error'
   if config.warmup_mode is None:
-    config.warmup_mode = 'constant' if warms_up else 'linear'
+    config.warmup_mode = 'constant' if warms_up or by_error else 'linear'
+  if by_error and config.warmup_steps == 0:
+    raise config_check.ConfigError(
+        "config.warmup_rule='train_error' with warmup_steps=0 (the recipe's, for this net) "
+        'would never warm up: set config.warmup_steps=N, the longest the warm-up may last.')
   if config.eval_every_epochs > 0:
     # At least 1: config_check wants a positive interval, however small the split.
     config.eval_every_steps = max(

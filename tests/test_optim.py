@@ -96,3 +96,61 @@ def test_num_epochs_wins_over_num_train_steps():
   config = schema.get_config()
   config.num_epochs = 2.0
   assert optim.num_train_steps(config, 50_000) == 2 * 50_000 // 128
+
+
+def _warmup_by_error(errors, max_steps=400):
+  """The lr of each update of SGD at lr 0.1 ending its warm-up by the training error."""
+  schedule = optax.constant_schedule(0.1)
+  tx = optax.chain(optax.sgd(schedule), optim.warmup_until_error(schedule, 0.01, 0.8, 4,
+                                                                 max_steps))
+  params = {'w': jnp.zeros(1)}
+  state, lrs = tx.init(params), []
+  for error in errors:
+    updates, state = tx.update({'w': jnp.ones(1)}, state, params, train_error=error)
+    lrs.append(round(-float(updates['w'][0]), 6))
+  return lrs, state
+
+
+def test_the_error_warmup_holds_warmup_lr_until_the_running_error_is_below_80_percent():
+  # Running error (bias-corrected average over ~4 steps): 0.9 for five steps, then with 0.7s
+  # 0.839 and 0.799: below 0.8 at the seventh update, and the warm-up never comes back.
+  lrs, state = _warmup_by_error([0.9] * 5 + [0.7] * 5 + [0.95] * 5)
+  assert lrs == [0.01] * 6 + [0.1] * 9 and bool(optim.warmup_done(state))
+  # The first step's low error is not taken for a low running error (bias correction).
+  assert _warmup_by_error([0.85, 0.1])[0] == [0.01, 0.1]
+  # warmup_steps caps it: the update after max_steps updates is at the full lr.
+  assert _warmup_by_error([0.99] * 6, max_steps=3)[0] == [0.01] * 3 + [0.1] * 3
+  link = optim.warmup_until_error(optax.constant_schedule(0.1), 0.01, 0.8, 4, 9)
+  with pytest.raises(ValueError, match='train_error'):  # A caller that does not pass it.
+    link.update({'w': jnp.ones(1)}, link.init(None), None)
+
+
+def test_the_error_warmup_is_a_config_choice_that_checks_its_keys():
+  from resnet_jax import config_check
+  config = cifar10.get_config('depth=110')
+  config.warmup_rule = 'train_error'
+  final = recipes.finalize(config)
+  assert (final.warmup_steps, final.warmup_mode) == (400, 'constant')  # 400 is now a cap.
+  schedule = optim.create_learning_rate_schedule(final, 64_000)
+  # The warm-up lives in the optimiser; the boundaries stay absolute.
+  lr = {s: float(schedule(s)) for s in (0, 31_999, 32_000, 48_000)}
+  assert lr == pytest.approx({0: 0.1, 31_999: 0.1, 32_000: 0.01, 48_000: 0.001})
+  assert optim.warmup_done(optim.create_optimizer(final, schedule).init({'w': jnp.ones(1)})) \
+      is not None
+  assert optim.warmup_done(optim.create_optimizer(
+      recipes.finalize(cifar10.get_config('depth=110')), schedule).init({'w': jnp.ones(1)})) is None
+  for key, value, message in (
+      ('warmup_rule', 'loss', "config.warmup_rule='loss'"),
+      ('warmup_error', 1.5, 'config.warmup_error=1.5: must be in (0, 1]'),
+      ('warmup_mode', 'linear', "config.warmup_mode='linear': must be 'constant' with "
+                                "warmup_rule='train_error'")):
+    bad = cifar10.get_config('depth=110')
+    bad.warmup_rule = 'train_error'
+    bad[key] = value
+    with pytest.raises(config_check.ConfigError, match=message.replace('(', r'\(').replace(
+        ')', r'\)').replace('[', r'\[').replace(']', r'\]')):
+      config_check.validate(bad)
+  shallow = cifar10.get_config('depth=20')
+  shallow.warmup_rule = 'train_error'
+  with pytest.raises(config_check.ConfigError, match='would never warm up'):
+    recipes.finalize(shallow)

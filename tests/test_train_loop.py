@@ -146,3 +146,32 @@ def test_the_imagenet_config_trains_end_to_end_on_mock_imagenet(tmp_path):
     summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
   assert summary['step'] == 2 and summary['eval/num_examples'] == 20
   assert np.isfinite(summary['train/loss'])
+
+
+def test_the_error_warmup_logs_its_lr_and_a_resumed_run_continues_it_exactly(tmp_path):
+  """warmup_rule='train_error': warmup_lr until the running training error is below 80%, then
+  the schedule; the rule's state is in the optimiser state, so a run resumed from a checkpoint
+  taken during the warm-up ends exactly where an uninterrupted one does."""
+  from tests import helpers
+  config = _short_quickstart(steps=40, warmup_rule='train_error', warmup_steps=30,
+                             warmup_mode='constant', log_every_steps=2, eval_every_steps=40,
+                             checkpoint_every_steps=4, keep_checkpoints=20,
+                             keep_best_checkpoint=False, lr_boundaries=(35,))
+  whole = tmp_path / 'whole'
+  loop.train_and_evaluate(config, str(whole), devices=jax.devices()[:1])
+  lrs = [(r['step'], r['lr']) for r in read_metrics(str(whole)) if 'lr' in r]
+  switch = next(step for step, lr in lrs if lr != config.warmup_lr)
+  assert 2 < switch < 30, lrs  # Digits fall below 80% error well before the cap.
+  assert all(lr == config.warmup_lr for step, lr in lrs if step < switch)
+  assert all(lr == pytest.approx(config.learning_rate) for step, lr in lrs if switch <= step <= 35)
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(whole, resumed)
+  during = max(s for s in helpers.checkpoint_steps(resumed) if s < switch)
+  for step in helpers.checkpoint_steps(resumed):
+    if step > during:
+      shutil.rmtree(resumed / 'checkpoints' / str(step))
+  (resumed / 'summary.json').unlink()
+  loop.train_and_evaluate(config, str(resumed), devices=jax.devices()[:1])
+  assert [r for r in read_metrics(str(resumed)) if 'lr' in r] == [
+      r for r in read_metrics(str(whole)) if 'lr' in r]
+  helpers.assert_trees_equal(helpers.final_params(resumed)[1], helpers.final_params(whole)[1])

@@ -16,7 +16,7 @@ import numpy as np
 from resnet_jax import data, parallel
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.metrics import MetricWriter, Progress, best_eval_step, read_metrics
-from resnet_jax.train import init_from, run, step as step_lib
+from resnet_jax.train import init_from, optim, run, step as step_lib
 from resnet_jax.train import workdir as workdir_lib
 from resnet_jax.train.checkpoint import Checkpointer
 
@@ -310,7 +310,9 @@ def _loop(r: _Run, state) -> dict:
         if log_now:
           nonfinite_steps += scalars['train/nonfinite_steps']
           last_train = scalars
-          lr = float(r.built.schedule(step - 1))
+          done = optim.warmup_done(state.opt_state)
+          lr = optim.learning_rate(config, r.built.schedule, step,
+                                   None if done is None else bool(par.host_value(done)))
           writer.write(step, {**scalars, 'lr': lr})
           if is_main:
             logging.info(progress.line(step, scalars['train/loss'], lr))

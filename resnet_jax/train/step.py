@@ -154,7 +154,13 @@ def train_step(state, batch, *, label_smoothing: float = 0.0, sync_batch_stats: 
     # Per-device BN normalised with this device's statistics; average the running estimates so
     # the replicas stay identical (as flax's ImageNet example does before each eval).
     batch_stats = lax.pmean(batch_stats, AXIS)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  # The batch's training error, for an optimiser that ends its warm-up on it
+  # (optim.warmup_until_error); an optimiser without that link ignores it, and XLA drops it.
+  train_error = 1.0 - lax.pmean(correct_topk(logits, batch['label'], 1).mean(), AXIS)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                       train_error=train_error)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state, batch_stats=batch_stats)
   # The loss, the gradients and what the update made of the weights and BN statistics (an lr
   # too large overflows them even from finite gradients). After the pmean all of these, and so
   # the flag, are the same on every device.
