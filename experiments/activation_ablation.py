@@ -46,7 +46,6 @@ import sys
 import time
 
 from experiments import hypotheses, papers, plots, probes, publish, runner, study
-from benchmarks import hardware
 from resnet_jax import cli, models
 from resnet_jax.train import workdir as workdir_lib
 
@@ -190,70 +189,18 @@ def build_runs(budget: Budget, seeds, dataset: str = 'cifar10', *, depths=None,
   return runs
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        pass  # The last line of an interrupted write; that measurement is simply redone.
-  return records
-
-
-def _rounded(values) -> list[float]:
-  return [float(f'{v:.5g}') for v in values]
-
-
 def measure_init(budget: Budget, dataset: str, seeds, overrides, variant: str, out: str
                  ) -> list[dict]:
-  """The init measurements, one record per (placement, depth, seed), appended to
-  out/init_log.jsonl as each is made; a rerun measures only what the log does not hold."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from resnet_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(out, 'init_log.jsonl')
-  key = lambda r: (r['placement'], r['depth'], r['seed'], r['batch'], r['variant'])
-  records = {key(r): r for r in _read_jsonl(path)}
-  wanted, batch = [], None
+  """The init measurements, one record per (placement, depth, seed), logged in
+  out/init_log.jsonl as each is made, so a rerun measures only what the log does not hold."""
+  arms = []
   for depth in budget.init_depths:
     for placement in budget.init_placements:
-      todo = [s for s in seeds
-              if (placement, depth, s, budget.measure_batch, variant) not in records]
-      wanted += [(placement, depth, s, budget.measure_batch, variant) for s in seeds]
-      if not todo:
-        continue
       config = _config(dataset, depth, placement)
-      config.model.scan = True  # Compiles each stage once: minutes less for the deep nets.
       study.override(config, overrides)
-      prepared = run_lib.prepare(config, open_data=False)
-      model = run_lib.model(prepared.config)
-      if batch is None:
-        batch = probes.fixed_batch(prepared.config, budget.measure_batch)
-      fn, spans = probes.unit_norms_fn(model), probes.stage_spans(model)
-      init = jax.jit(lambda rng: state_lib.init_variables(rng, model, prepared.image_shape))
-      for seed in todo:
-        started = time.perf_counter()
-        measured = probes.unit_norms(model, init(jax.random.key(seed)), *batch, fn)
-        record = {'placement': placement, 'depth': depth, 'seed': seed,
-                  'batch': budget.measure_batch, 'variant': variant,
-                  'loss': measured['loss'], **probes.stage_ratios(measured, spans),
-                  **{kind: _rounded(measured[kind])
-                     for kind in ('input', 'activation', 'param', 'weight')},
-                  'wall_s': round(time.perf_counter() - started, 2),
-                  'hardware': hardware.devices_line()}
-        with open(path, 'a') as f:
-          f.write(json.dumps(record) + '\n')
-          f.flush()
-          os.fsync(f.fileno())
-        records[key(record)] = record
-        print(f'{STUDY}: init {placement}-{depth} seed {seed}: loss {record["loss"]:.3f}, '
-              'gradient ratio per stage ' + ', '.join(
-                  f'{record[f"grad_{s}"]:.3g}' for s in STAGES if f'grad_{s}' in record) +
-              f' ({record["wall_s"]:.1f} s)', flush=True)
-  return [records[k] for k in wanted]
+      arms.append(({'placement': placement, 'depth': depth}, config))
+  return probes.measure_at_init(arms, seeds, budget.measure_batch, variant,
+                                os.path.join(out, 'init_log.jsonl'), STUDY)
 
 
 def _mean_log(record: dict, kind: str) -> float:
@@ -353,41 +300,6 @@ def train_table(rows: list[dict], dataset: str) -> list[dict]:
   return cells
 
 
-def _plot_init(init: list[dict], kind: str, ylabel: str, title: str, path: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(STAGES), figsize=(9.0, 3.4), squeeze=False, sharey=True)
-  colours = plt.get_cmap('tab10')
-  for ax, s in zip(axes[0], STAGES):
-    for i, placement in enumerate(p for p in PLACEMENTS if any(r['placement'] == p for r in init)):
-      depths = sorted({r['depth'] for r in init if r['placement'] == placement
-                       and f'{kind}_{s}' in r})
-      values = [[r[f'{kind}_{s}'] for r in init if r['placement'] == placement
-                 and r['depth'] == d] for d in depths]
-      geo = [math.exp(statistics.mean(math.log(v) for v in vs)) for vs in values]
-      ax.plot(depths, geo, marker='o', markersize=3, color=colours(i), label=placement)
-      ax.fill_between(depths, [min(v) for v in values], [max(v) for v in values],
-                      color=colours(i), alpha=0.15, linewidth=0)
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    ax.set_xticks(sorted({r['depth'] for r in init}), [str(d) for d in sorted(
-        {r['depth'] for r in init})])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    # Labels at 1, 2 and 5 times the powers of ten only: labelled minor ticks overlap.
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.axhline(1.0, color='black', linewidth=0.6)
-    ax.set_title(f'stage {s}', fontsize=9)
-    ax.set_xlabel('depth')
-    ax.grid(alpha=0.3, which='both')
-  axes[0][0].set_ylabel(ylabel)
-  axes[0][0].legend(fontsize=7)
-  fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
-  return plots.save(fig, path, dpi=100)
-
-
 def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
             provenance: publish.Provenance) -> int:
   """Verdicts, tables, plots, results.md and results.json from the training rows (their curves
@@ -403,12 +315,15 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
                     os.path.join(out, 'init.csv'))
   title = publish.plot_title(f'{STUDY} ({dataset})', budget_name, rows)
   files = ['results.csv', 'init.csv', 'init.jsonl']
-  files.append(_plot_init(init, 'grad', '|dL/dx| second unit / last unit',
-                          f'{title}\nsame-shape gradient ratio per stage at init (geometric mean, '
-                          'band: lowest-highest seed)', os.path.join(out, 'init_gradient_ratio.png')))
-  files.append(_plot_init(init, 'growth', '|x| last unit / second unit',
-                          f'{title}\nforward growth of the residual stream per stage at init',
-                          os.path.join(out, 'init_forward_growth.png')))
+  arms = [p for p in PLACEMENTS if any(r['placement'] == p for r in init)]
+  files.append(plots.stage_ratios(
+      init, 'placement', arms, 'grad', '|dL/dx| second unit / last unit',
+      f'{title}\nsame-shape gradient ratio per stage at init (geometric mean, band: '
+      'lowest-highest seed)', os.path.join(out, 'init_gradient_ratio.png')))
+  files.append(plots.stage_ratios(
+      init, 'placement', arms, 'growth', '|x| last unit / second unit',
+      f'{title}\nforward growth of the residual stream per stage at init',
+      os.path.join(out, 'init_forward_growth.png')))
   if rows:
     files += plots.curves_by_group(
         rows, group='placement', panel='depth', title=title, out_dir=out,
@@ -450,7 +365,7 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
 def republish(out: str) -> int:
   """`analyse` again from the folder's results.json, init.jsonl and runs' metrics.jsonl alone."""
   manifest, rows = publish.read_manifest(out)
-  return analyse(out, manifest['budget'], rows, _read_jsonl(os.path.join(out, 'init.jsonl')),
+  return analyse(out, manifest['budget'], rows, probes.read_jsonl(os.path.join(out, 'init.jsonl')),
                  publish.Provenance(manifest['command'], manifest['versions'],
                                     manifest['wall_s']))
 

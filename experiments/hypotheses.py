@@ -31,11 +31,14 @@ VERDICTS = ('shown', 'not shown', 'inconclusive')
 class Hypothesis:
   """claim: the paper's words or their gist, with the paper and the figure or section.
   estimand: what one seed's difference is, and its unit. direction: 'greater' or 'less', the
-  sign of the mean difference that the claim predicts."""
+  sign of the mean difference that the claim predicts. replicate: what one paired difference
+  belongs to, 'seed' unless the study pairs something else (the lesion study pairs unit
+  positions of the nets of one seed)."""
   name: str
   claim: str
   estimand: str
   direction: str
+  replicate: str = 'seed'
 
   def __post_init__(self):
     if self.direction not in ('greater', 'less'):
@@ -47,9 +50,11 @@ def min_p(n: int) -> float:
   return 2.0 ** -n
 
 
-def verdict(hypothesis: Hypothesis, differences, expected: int | None = None) -> dict:
+def verdict(hypothesis: Hypothesis, differences, expected: int | None = None,
+            missing_why: str = 'did not finish') -> dict:
   """The verdict of `hypothesis` on the per-seed `differences` (NaN: a run that is missing or
-  did not finish). expected: the number of seeds the design has (default: len(differences)).
+  did not finish, or a seed the study excludes). expected: the number of seeds the design has
+  (default: len(differences)); missing_why: why a seed's difference is NaN, for `why`.
 
   Returns the results.json record: name, claim, estimand, test, n_seeds, effect (the mean
   difference), ci_or_p ({'p', 'ci95'}), verdict and, where the verdict is inconclusive, why.
@@ -59,6 +64,7 @@ def verdict(hypothesis: Hypothesis, differences, expected: int | None = None) ->
   n = len(finite)
   record = {'name': hypothesis.name, 'claim': hypothesis.claim, 'estimand': hypothesis.estimand,
             'direction': hypothesis.direction, 'test': TEST, 'n_seeds': n,
+            **({'replicate': hypothesis.replicate} if hypothesis.replicate != 'seed' else {}),
             'effect': float(finite.mean()) if n else None,
             'differences': [float(x) for x in d]}
   missing = (expected or len(d)) - n
@@ -75,7 +81,8 @@ def verdict(hypothesis: Hypothesis, differences, expected: int | None = None) ->
   record['ci_or_p'] = {'p': p, 'ci95': ci}
   if missing:
     record['verdict'] = 'inconclusive'
-    record['why'] = f'{missing} of {expected or len(d)} paired seeds did not finish'
+    record['why'] = (f'{missing} of {expected or len(d)} paired {hypothesis.replicate}s '
+                     f'{missing_why}')
   elif n < 1 or min_p(n) > ALPHA:
     record['verdict'] = 'inconclusive'
     record['why'] = (f'the test cannot go below p = {min_p(n):.3g} > {ALPHA} with {n}; '
@@ -91,7 +98,8 @@ def describe(record: dict) -> str:
   numbers = [f'effect {record["effect"]:+.3g}' if record['effect'] is not None else 'no effect',
              f'95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]' if ci else None,
              f'p = {p:.3g} ({record["direction"]})' if p is not None else None,
-             f'{record["n_seeds"]} paired seed{"s" if record["n_seeds"] != 1 else ""}']
+             f'{record["n_seeds"]} paired {record.get("replicate", "seed")}'
+             f'{"s" if record["n_seeds"] != 1 else ""}']
   why = f'; {record["why"]}' if record.get('why') else ''
   return f'**{record["verdict"]}** ({", ".join(x for x in numbers if x)}{why})'
 

@@ -125,3 +125,39 @@ def bars(cells: list[dict], *, title: str, path: str) -> str:
   fig.suptitle(textwrap.fill(title, 110), fontsize=9)
   fig.tight_layout()
   return save(fig, path)
+
+
+def stage_ratios(records: list[dict], arm: str, arms: list, kind: str, ylabel: str, title: str,
+                 path: str, stages=(1, 2, 3)) -> str:
+  """One panel per stage: the per-stage ratio `kind`_s (probes.stage_ratios) of each arm against
+  depth, the geometric mean over seeds with a band from the lowest to the highest seed; records
+  are init measurements, `arm` their key that names the arm (e.g. 'placement')."""
+  fig, axes = plt.subplots(1, len(stages), figsize=(9.0, 3.4), squeeze=False, sharey=True)
+  colours = plt.get_cmap('tab10')
+  ticks = sorted({r['depth'] for r in records})
+  for ax, s in zip(axes[0], stages):
+    for i, name in enumerate(arms):
+      depths = sorted({r['depth'] for r in records if r[arm] == name and f'{kind}_{s}' in r})
+      values = [[r[f'{kind}_{s}'] for r in records if r[arm] == name and r['depth'] == d]
+                for d in depths]
+      geo = [float(np.exp(np.mean(np.log(vs)))) for vs in values]
+      ax.plot(depths, geo, marker='o', markersize=3, color=colours(i), label=name)
+      ax.fill_between(depths, [min(v) for v in values], [max(v) for v in values],
+                      color=colours(i), alpha=0.15, linewidth=0)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xticks(ticks, [str(d) for d in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    # Labels at 1, 2 and 5 times the powers of ten only: labelled minor ticks overlap.
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.axhline(1.0, color='black', linewidth=0.6)
+    ax.set_title(f'stage {s}', fontsize=9)
+    ax.set_xlabel('depth')
+    ax.grid(alpha=0.3, which='both')
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  return save(fig, path, dpi=100)

@@ -17,6 +17,9 @@ branch is scaled. One compiled function gives every measurement, for scanned and
 """
 
 import functools
+import json
+import os
+import time
 
 import flax.linen as nn
 import jax
@@ -25,8 +28,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from benchmarks import hardware
 from resnet_jax import data, models
+from resnet_jax.errors import UserError
 from resnet_jax.models.units import ResidualUnit
+from resnet_jax.train import run as run_lib
+from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
 
 
@@ -122,11 +129,15 @@ def stage_ratios(measured: dict, spans) -> dict:
   """Per stage s, from one `unit_norms` result: 'grad_s', |dL/dx| at the span's first unit over
   that at its last (above 1: the gradient grows towards the input; below 1: it attenuates), and
   'growth_s', |x| at the span's last unit over that at its first (the residual stream's forward
-  growth). Same-shape tensors only, so no ratio mixes in a change of width or resolution."""
+  growth), and 'update_s', |dL/dW|/|W| at the span's first unit over that at its last (the
+  relative step SGD gives the lower unit, against the higher one). Same-shape tensors only, so
+  no ratio mixes in a change of width or resolution."""
   ratios = {}
+  relative = measured['param'] / measured['weight']
   for s, i, j in spans:
     ratios[f'grad_{s}'] = float(measured['input'][i] / measured['input'][j])
     ratios[f'growth_{s}'] = float(measured['activation'][j] / measured['activation'][i])
+    ratios[f'update_{s}'] = float(relative[i] / relative[j])
   return ratios
 
 
@@ -134,7 +145,81 @@ def fixed_batch(config, num_images: int):
   """The first `num_images` training images of `config`'s training split, prepared as the eval
   pipeline prepares them (no augmentation), normalised as the train step normalises them."""
   data_config = ml_collections.ConfigDict(config.data.to_dict())
-  data_config.eval_split = f'{config.data.train_split}[:{num_images}]'
+  split = config.data.train_split
+  # A split that is already a slice ('train[:1280]') is read whole, and its first batch taken.
+  data_config.eval_split = split if '[' in split else f'{split}[:{num_images}]'
   batch = next(iter(data.create_eval_iterator(data_config, global_batch_size=num_images)))
+  if not np.all(batch['mask']):  # The eval pipeline pads a short last batch.
+    raise UserError(f'config.data.train_split={split!r} holds fewer than the {num_images} '
+                    'images of the measurement batch; use a larger split or a smaller batch.')
   images = step_lib.model_input(jnp.asarray(batch['image']), config.data.mean, config.data.std)
   return images, jnp.asarray(batch['label'])
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSON-lines file ([] if there is none), skipping a torn last line."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        pass  # The last line of an interrupted write; that measurement is simply redone.
+  return records
+
+
+def _rounded(values) -> list[float]:
+  return [float(f'{v:.5g}') for v in values]
+
+
+def measure_at_init(arms, seeds, batch_size: int, variant: str, log_path: str,
+                    study: str) -> list[dict]:
+  """The per-unit norms at initialisation of every arm x seed, on the first `batch_size`
+  training images: one record per measurement, appended (and fsynced) to log_path as it is made,
+  so a rerun measures only what the log does not hold yet.
+
+  arms: (label, config) pairs, label a dict such as {'placement': ..., 'depth': ...} that names
+  the arm in its records. Nets are measured in the scanned layout (each stage compiled once:
+  minutes less for the deep nets): the same distributions as the unrolled layout, other draws.
+  A record: the label, seed, batch, variant, loss, `stage_ratios`, the per-unit norms
+  (input, activation, param, weight), wall_s and hardware.
+  """
+  fields = tuple(arms[0][0]) if arms else ()
+  key = lambda r: (tuple(r.get(f) for f in fields), r['seed'], r['batch'], r['variant'])
+  records = {key(r): r for r in read_jsonl(log_path)}
+  batch, wanted = None, []
+  for label, config in arms:
+    keys = {s: key({**label, 'seed': s, 'batch': batch_size, 'variant': variant}) for s in seeds}
+    wanted += keys.values()
+    todo = [s for s in seeds if keys[s] not in records]
+    if not todo:
+      continue
+    config = config.copy_and_resolve_references()
+    config.model.scan = True
+    prepared = run_lib.prepare(config, open_data=False)
+    model = run_lib.model(prepared.config)
+    if batch is None:
+      batch = fixed_batch(prepared.config, batch_size)
+    fn, spans = unit_norms_fn(model), stage_spans(model)
+    init = jax.jit(lambda rng: state_lib.init_variables(rng, model, prepared.image_shape))
+    for seed in todo:
+      started = time.perf_counter()
+      measured = unit_norms(model, init(jax.random.key(seed)), *batch, fn)
+      record = {**label, 'seed': seed, 'batch': batch_size, 'variant': variant,
+                'loss': measured['loss'], **stage_ratios(measured, spans),
+                **{kind: _rounded(measured[kind])
+                   for kind in ('input', 'activation', 'param', 'weight')},
+                'wall_s': round(time.perf_counter() - started, 2),
+                'hardware': hardware.devices_line()}
+      with open(log_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+      records[keys[seed]] = record
+      grads = [record[k] for k in sorted(record) if k.startswith('grad_')]
+      print(f'{study}: init {"-".join(str(v) for v in label.values())} seed {seed}: loss '
+            f'{record["loss"]:.3f}, gradient ratio per stage '
+            f'{", ".join(f"{g:.3g}" for g in grads)} ({record["wall_s"]:.1f} s)', flush=True)
+  return [records[k] for k in wanted]

@@ -192,4 +192,8 @@ COMMON_DEVIATIONS = (
     'weight decay 1e-4 on every parameter, BN scales and biases included.',
     'Inputs are normalised per channel (mean and std of the training set), not by the '
     'per-pixel mean subtraction of the 2015 paper.',
+    'Every budget ends its warm-up after a fixed number of steps (config.warmup_rule=steps), '
+    'not on the 2015 text\'s "until the training error is below 80%" '
+    '(config.warmup_rule=train_error), and initialises the classifier with lecun_normal '
+    "(flax's default; config.model.head_init): the papers do not say.",
 )
