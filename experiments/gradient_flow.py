@@ -1,35 +1,61 @@
 """Gradient flow through plain, original and pre-activation nets, unit by unit.
 
-  python -m experiments.gradient_flow --budget smoke --results_dir runs/exp/gradient_flow
+  python -m experiments.gradient_flow --budget cpu --results_dir results/gradient_flow-cpu
 
-For each net, on one fixed real batch (no augmentation, the train-mode forward pass, the mean
-cross-entropy of the trainer without weight decay), it measures two norms per residual unit
-(experiments/probes.py): the loss gradient with respect to the unit's parameters, and with
-respect to the unit's input, the residual stream entering the unit.
+He et al. 2015 (Sec. 4.1) argue that the plain nets' optimisation difficulty "is unlikely to be
+caused by vanishing gradients": the plain nets use BN, and "we also verify that the backward
+propagated gradients exhibit healthy norms with BN". Identity Mappings (He et al. 2016, Sec. 3,
+Eq. 5) argues that with identity shortcuts and no activation after the addition the gradient of
+a lower unit holds that of any higher unit unchanged, plus more. This study measures both, per
+residual unit (experiments/probes.py), on one fixed batch of real training images (no
+augmentation, train-mode BN, the trainer's mean cross-entropy without weight decay):
 
-Nets (He et al. 2015 and 2016): plain (shortcut 'none', the 2015 'original' placement), original
-(shortcut A for basic, B for bottleneck nets) and full pre-activation. Each is measured at
-initialisation and at the checkpoints of a short training run made by the sweep runner
-(experiments/runner.py, hence resnet_jax.train.loop.train_and_evaluate). Identity Mappings Sec. 3
-argues that with identity shortcuts and no activation after the addition, the gradient at any unit
-contains the gradient at the top unchanged (Eq. 5): that rules out a first-to-last ratio far
-below 1 for pre-activation nets, not a ratio above 1 (growth towards the input); the tables
-report whatever is measured.
+* |dL/dx| at each unit's input, the stream entering it; within a stage the inputs of its second
+  and last unit have one shape, so their ratio (gradient ratio: above 1 the gradient grows towards
+  the input, below 1 it attenuates) mixes in no change of width or resolution;
+* |dL/dW| / |W| of each unit's parameters, the relative step SGD gives it: the update ratio is that
+  of the stage's second unit over its last.
+
+Nets: plain (shortcut 'none', the 2015 unit), original (option A for basic, B for bottleneck
+nets) and full pre-activation. Two parts, paired by seed:
+
+1. At initialisation, no training: every net x depth x init seed.
+2. After a short training, for the nets that trained: each trained run is measured at its own
+   initialisation and at its last checkpoint. A net whose training error is still at or above
+   TRAINED_BELOW at the end has not started to train; it is flagged and no verdict uses it.
+
+Budgets:
+  smoke: init: depth 20, 1 seed, batch 16; training: depth 20, 1 seed, 20 steps of batch 32 on
+    the first 256 training images: checks the machinery (verdicts inconclusive).
+  cpu: init: depths 20, 56 and 110 x 8 seeds, batch 64; training: the plain and pre-activation
+    nets of depths 20 and 56, 5 paired seeds, 200 steps of batch 64 (lr 0.05: the papers' 0.1 at batch 128, scaled linearly) on the
+    first 1,280 training images without augmentation, linear warm-up over the first 50 steps,
+    lr /10 at 50% and 75% of the steps; the training error is that of the whole subset.
+  paper: init as cpu; training: depths 20, 56 and 110, the 2015 recipe on the whole training set
+    (batch 128, lr 0.1; fb.resnet.torch's Nesterov momentum and decay on BN), 16k steps (the lr
+    is still 0.1: its first decay is at 32k); the training error is that of the last log window.
+
+Writes DIR/results.md (the claims tested and their verdicts, the init table, every trained run
+with its flag), init.jsonl and trained.jsonl (every measurement, per unit), init.csv, trained.csv,
+results.csv (the training runs), plots and results.json. init_log.jsonl keeps every init
+measurement made in DIR, so a rerun resumes.
 """
 
 import argparse
 import dataclasses
+import json
+import math
 import os
+import statistics
 import sys
 import time
 
 import numpy as np
 
-from experiments import plots, probes, publish, runner, study
+from experiments import hypotheses, plots, probes, publish, runner, study
 from benchmarks import hardware
-from resnet_jax import cli, models
-from resnet_jax.train import run as run_lib
-from resnet_jax.train import trained
+from resnet_jax import cli
+from resnet_jax.train import workdir as workdir_lib
 
 STUDY = 'gradient_flow'
 NETS = {  # label -> (placement, shortcut); shortcut None is the family's default (A basic, B bottleneck)
@@ -37,290 +63,373 @@ NETS = {  # label -> (placement, shortcut); shortcut None is the family's defaul
     'original': ('original', None),
     'preact': ('full_preact', None),
 }
+STAGES = (1, 2, 3)
+# He et al. 2015 (Sec. 4.2) take a training error below 80% as the sign that training has
+# started converging; a net at or above it at the end is flagged as not trained.
+TRAINED_BELOW = 80.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-  init_depths: tuple[int, ...]      # measured at initialisation only
-  train_depths: tuple[int, ...]     # trained, then measured at init and at each checkpoint
-  train_steps: int
-  checkpoint_every: int
+  init_depths: tuple[int, ...]
+  init_seeds: int
+  measure_batch: int              # images in the fixed measurement batch
+  train_depths: tuple[int, ...]
+  train_nets: tuple[str, ...]     # the nets trained (every net is measured at init)
+  seeds: int
+  steps: int
   batch_size: int
-  measure_batch: int                # images in the fixed measurement batch
-  eval_split: str
-  big_measure_batch: int            # for nets of more than 200 units (ResNet-1001, 1202)
-  paper_recipe: bool = False        # Nesterov momentum and decay on BN (fb.resnet.torch)
+  learning_rate: float
+  warmup_steps: int | None        # linear, the same for every net; None: the recipe's own
+  subset: str | None              # a fixed training subset, trained without augmentation
+  evals: int
+  paper: bool = False
 
 
 BUDGETS = {
-    # Real CIFAR-10, under 3 minutes on 2 cores: depths 20 and 56 at init, ResNet-20 trained 20 steps.
-    'smoke': Budget(init_depths=(56,), train_depths=(20,), train_steps=20, checkpoint_every=20,
-                    batch_size=32, measure_batch=32, eval_split='test[:500]', big_measure_batch=8),
-    # ~25 min on 2 cores: 20/56/110 trained 200 steps; the bottleneck ResNet-164 and 1001 at init.
-    'cpu': Budget(init_depths=(164, 1001), train_depths=(20, 56, 110), train_steps=200,
-                  checkpoint_every=50, batch_size=32, measure_batch=64, eval_split='test[:2000]',
-                  big_measure_batch=8),
-    # An accelerator: depths 20 to 1001, the first 16k of the paper recipe's 64k steps (lr 0.1
-    # throughout: its first decay is at 32k), measured every 2k steps.
-    'paper': Budget(init_depths=(), train_depths=(20, 56, 110, 164, 1001), train_steps=16000,
-                    checkpoint_every=2000, batch_size=128, measure_batch=128, eval_split='test',
-                    big_measure_batch=64, paper_recipe=True),
-}
-WHAT_IT_SHOWS = {
-    'smoke': 'Checks the machinery only: ResNet-56 at initialisation and ResNet-20 after 20 '
-             'steps; the norms are real, but two depths say nothing about a trend.',
-    'cpu': 'Plain, original and pre-activation nets of 20, 56 and 110 layers at initialisation '
-           'and over 200 steps of training (batch 32), and the bottleneck ResNet-164 and '
-           '1001 at initialisation: how the first-to-last ratio of the gradient norms moves '
-           'with depth and with the placement, at the start of training only.',
-    'paper': 'Depths 20 to 1001 over the first 16k steps of the paper recipe (batch 128).',
+    'smoke': Budget(init_depths=(20,), init_seeds=1, measure_batch=16, train_depths=(20,),
+                    train_nets=tuple(NETS), seeds=1, steps=20, batch_size=32,
+                    learning_rate=0.025, warmup_steps=5, subset='train[:256]', evals=1),
+    # The claims after training are about the plain and the pre-activation nets: the original
+    # ones are measured at init only, which keeps the budget within an hour on 2 cores.
+    'cpu': Budget(init_depths=(20, 56, 110), init_seeds=8, measure_batch=64,
+                  train_depths=(20, 56), train_nets=('plain', 'preact'), seeds=5, steps=200,
+                  batch_size=64, learning_rate=0.05, warmup_steps=50, subset='train[:1280]',
+                  evals=2),
+    'paper': Budget(init_depths=(20, 56, 110), init_seeds=8, measure_batch=64,
+                    train_depths=(20, 56, 110), train_nets=tuple(NETS), seeds=5, steps=16_000,
+                    batch_size=128, learning_rate=0.1, warmup_steps=None, subset=None, evals=8,
+                    paper=True),
 }
 DEVIATIONS = [
     *study.COMMON_DEVIATIONS,
-    'The papers give no numbers for these norms, so there is no paper column; Identity Mappings '
-    'Sec. 3 gives the argument that the measurements test.',
-    'smoke and cpu budgets train with the shortened schedule (lr 0.1 divided by 10 at 50% and '
-    '75% of the steps, a warm-up of 10% of the steps at 0.01), plain momentum SGD and no decay '
-    'on BN.',
+    'The papers give no numbers for these norms, so there is no paper column.',
+    'The init part measures the scanned layout of the nets (config.model.scan=True): the same '
+    'distributions, other draws than the unrolled layout of the same seed; the trained runs '
+    'are measured in their own (unrolled) layout.',
+    'smoke and cpu budgets train on a fixed subset of the training set without augmentation, '
+    'for a shortened schedule (a linear warm-up for every net, lr /10 at 50% and 75% of the '
+    'steps), plain momentum SGD and no decay on BN; the lr is 0.1 scaled by batch/128.',
 ]
 
 
-def net_config(dataset, depth, net, budget: Budget, seed: int, overrides=()):
+def net_config(dataset: str, depth: int, net: str):
   placement, shortcut = NETS[net]
-  config = study.base_config(dataset)
-  config.seed = seed
-  config.model.depth = depth
-  config.model.placement = placement
+  config = study.base_config(dataset, f'depth={depth},placement={placement},recipe=2015')
   config.model.shortcut = shortcut
-  points = budget.train_steps // budget.checkpoint_every
-  study.apply_budget(config, steps=budget.train_steps, batch_size=budget.batch_size,
-                     eval_split=budget.eval_split, evals=points, paper=budget.paper_recipe,
-                     unrolled=False,
-                     warmup_steps=None if budget.paper_recipe else budget.train_steps // 10)
-  # Keep every checkpoint: each one is a measurement point.
-  config.keep_checkpoints = points + 1
-  config.keep_best_checkpoint = False
-  study.override(config, overrides)
   return config
 
 
-def build_runs(budget: Budget, dataset: str, seeds=(0,), overrides=(), variant='') -> list:
+def build_runs(budget: Budget, dataset: str, seeds=None, *, depths=None, overrides=(),
+               variant: str = '') -> list[runner.Run]:
+  """The training runs; seeds, depths and --config overrides replace the budget's."""
   runs = []
-  for depth in budget.train_depths:
-    for net in NETS:
-      for seed in seeds:
+  for depth in depths or budget.train_depths:
+    for net in budget.train_nets:
+      for seed in range(budget.seeds) if seeds is None else seeds:
+        config = net_config(dataset, depth, net)
+        config.seed = seed
+        study.apply_budget(config, steps=budget.steps, batch_size=budget.batch_size,
+                           eval_split=budget.subset or 'test', evals=budget.evals,
+                           paper=budget.paper, warmup_steps=budget.warmup_steps,
+                           unrolled=not budget.paper)
+        config.learning_rate = budget.learning_rate
+        if budget.warmup_steps:
+          config.warmup_mode = 'linear'
+        if budget.subset:
+          config.data.train_split = budget.subset
+          config.data.augment = 'none'
+        config.keep_checkpoints = budget.evals + 1  # The first and the last are measured.
+        study.override(config, overrides)
         runs.append(runner.Run(
-            name=f'{net}{depth}_s{seed}{variant}',
-            config=net_config(dataset, depth, net, budget, seed, overrides),
-            meta={'study': STUDY, 'net': net, 'depth': depth}))
+            name=f'{net}-d{depth}-s{seed}{variant}', config=config,
+            meta={'dataset': dataset, 'net': net, 'depth': depth, 'seed': seed,
+                  'subset': budget.subset or 'train'}))
   return runs
 
 
-def _ratio_rows(measurements):
-  rows = []
-  for m in measurements:
-    rows.append({
-        'net': m['net'], 'depth': m['depth'], 'seed': m['seed'], 'step': m['step'],
-        'units': len(m['units']), 'loss': round(m['loss'], 4),
-        'param_first': float(m['param'][0]), 'param_last': float(m['param'][-1]),
-        'param_first/last': float(m['param'][0] / m['param'][-1]),
-        'input_first': float(m['input'][0]), 'input_last': float(m['input'][-1]),
-        'input_first/last': float(m['input'][0] / m['input'][-1]),
-        'batch': m['batch'], 'scan': m['scan'], 'hardware': m['hardware'],
-        'wall_s': round(m['wall_s'], 1)})
-  return rows
+def train_error(row: dict) -> float:
+  """The training error of a run (%): on its subset, its eval split (smoke, cpu); else the
+  running error of its last log window (paper)."""
+  if row['status'] != 'ok':
+    return float('nan')
+  return row['test_error'] if row['subset'] != 'train' else row['train_error']
 
 
-def _plot(measurements, path, title, kind):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  steps = sorted({m['step'] for m in measurements})
-  fig, axes = plt.subplots(1, len(steps), figsize=(5.5 * len(steps), 4.2), squeeze=False)
-  for ax, step in zip(axes[0], steps):
-    for m in measurements:
-      if m['step'] != step or m['seed'] != 0:
+def has_trained(row: dict) -> bool:
+  return train_error(row) < TRAINED_BELOW  # NaN (failed) compares False.
+
+
+def measure_init(budget: Budget, dataset: str, seeds, overrides, variant: str, out: str):
+  arms = []
+  for depth in budget.init_depths:
+    for net in NETS:
+      config = net_config(dataset, depth, net)
+      study.override(config, overrides)
+      arms.append(({'net': net, 'depth': depth}, config))
+  return probes.measure_at_init(arms, seeds, budget.measure_batch, variant,
+                                os.path.join(out, 'init_log.jsonl'), STUDY)
+
+
+def measure_trained(rows: list[dict], measure_batch: int) -> list[dict]:
+  """Each finished run measured at its own initialisation (step 0) and at its last checkpoint,
+  on the first `measure_batch` images of its training split: one record per (run, step)."""
+  from resnet_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
+  records, compiled, batch = [], {}, None
+  for row in rows:
+    if row['status'] != 'ok':
+      continue
+    last = trained.load(row['workdir'], 'latest')
+    prepared = run_lib.prepare(last.config, open_data=False)
+    if batch is None:
+      batch = probes.fixed_batch(prepared.config, measure_batch)
+    key = (row['net'], row['depth'])
+    if key not in compiled:  # One compilation per net and depth, reused across seeds.
+      compiled[key] = (probes.unit_norms_fn(last.model), probes.stage_spans(last.model))
+    fn, spans = compiled[key]
+    for step, variables in ((0, run_lib.initial_variables(prepared, last.model)),
+                            (last.step, last.variables)):
+      started = time.perf_counter()
+      measured = probes.unit_norms(last.model, variables, *batch, fn)
+      record = {'run': os.path.basename(row['workdir']), 'net': row['net'], 'depth': row['depth'],
+                'seed': row['seed'], 'step': step, 'batch': measure_batch,
+                'train_error': train_error(row), 'trained': has_trained(row),
+                'loss': measured['loss'], **probes.stage_ratios(measured, spans),
+                **{k: [float(f'{v:.5g}') for v in measured[k]]
+                   for k in ('input', 'activation', 'param', 'weight')},
+                'wall_s': round(time.perf_counter() - started, 2),
+                'hardware': hardware.devices_line()}
+      records.append(record)
+      print(f"{STUDY}: {record['run']} step {step}: loss {record['loss']:.3f}, gradient ratio "
+            'per stage ' + ', '.join(f"{record[f'grad_{s}']:.3g}" for s in STAGES
+                                     if f'grad_{s}' in record), flush=True)
+  return records
+
+
+def _mean_log(record: dict, kind: str) -> float:
+  values = [record[f'{kind}_{s}'] for s in STAGES if f'{kind}_{s}' in record]
+  return statistics.mean(math.log(v) for v in values) if values else float('nan')
+
+
+def claims(depth: int, where: str) -> list[hypotheses.Hypothesis]:
+  """The claims tested at one depth; where: 'init' or 'trained'."""
+  when = 'at initialisation' if where == 'init' else 'after training, nets that trained'
+  ratio = 'log same-shape gradient ratio, mean over the stages, per seed'
+  return [
+      hypotheses.Hypothesis(
+          f'plain_gradient_does_not_vanish_{where}_{depth}',
+          'He et al. 2015 (Sec. 4.1): with BN, "the backward propagated gradients exhibit '
+          f'healthy norms" in plain nets: they do not vanish towards the input (plain-{depth}, '
+          f'{when})', f'plain: {ratio}', 'greater'),
+      hypotheses.Hypothesis(
+          f'preact_gradient_does_not_vanish_{where}_{depth}',
+          'Identity Mappings (Sec. 3, Eq. 5): with identity shortcuts and no activation after '
+          'the addition, the gradient of a lower unit holds that of a higher one: it does not '
+          f'vanish towards the input (ResNet-{depth}, full pre-activation, {when})',
+          f'preact: {ratio}', 'greater'),
+  ]
+
+
+def verdicts(init: list[dict], measured: list[dict], seeds: int) -> list[dict]:
+  """The init claims at every init depth from 56 on (else the deepest), over the init seeds;
+  the trained claims at every trained depth, over the seeds whose net trained."""
+  checked = []
+  depths = sorted({r['depth'] for r in init})
+  for depth in [d for d in depths if d >= 56] or depths[-1:]:
+    at = [r for r in init if r['depth'] == depth]
+    for claim, net in zip(claims(depth, 'init'), ('plain', 'preact')):
+      values = [_mean_log(r, 'grad') for r in at if r['net'] == net]
+      if values:
+        checked.append(hypotheses.verdict(claim, values))
+  for depth in sorted({r['depth'] for r in measured}):
+    last = [r for r in measured if r['depth'] == depth and r['step'] > 0]
+    for claim, net in zip(claims(depth, 'trained'), ('plain', 'preact')):
+      mine = sorted((r for r in last if r['net'] == net), key=lambda r: r['seed'])
+      if mine:
+        values = [_mean_log(r, 'grad') if r['trained'] else float('nan') for r in mine]
+        checked.append(hypotheses.verdict(
+            claim, values, seeds,
+            missing_why=f'did not finish or did not train (training error >= {TRAINED_BELOW:g}%)'))
+  return checked
+
+
+def _spread(values, fmt='.3g') -> str:
+  geo = math.exp(statistics.mean(math.log(v) for v in values))
+  return f'{geo:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})'
+
+
+def init_table(init: list[dict]) -> list[dict]:
+  """Per depth and net: initial loss (mean), and per stage the gradient and update ratios
+  (geometric mean over seeds, lowest-highest)."""
+  cells = []
+  for depth in sorted({r['depth'] for r in init}):
+    for net in [n for n in NETS if any(r['net'] == n for r in init)]:
+      group = [r for r in init if r['depth'] == depth and r['net'] == net]
+      cell = {'depth': depth, 'net': net, 'seeds': len(group),
+              'initial loss': f'{statistics.mean(r["loss"] for r in group):.3f}'}
+      for kind, label in (('grad', 'gradient ratio'), ('update', 'update ratio')):
+        for s in STAGES:
+          values = [r[f'{kind}_{s}'] for r in group if f'{kind}_{s}' in r]
+          if values:
+            cell[f'{label}, stage {s}'] = _spread(values)
+      cells.append(cell)
+  return cells
+
+
+def trained_table(measured: list[dict]) -> list[dict]:
+  """Per trained run: its training error, whether it trained, and the gradient ratio (geometric
+  mean over the stages) at its initialisation and at its last checkpoint."""
+  cells = []
+  for r in sorted((r for r in measured if r['step'] > 0),
+                  key=lambda r: (r['depth'], list(NETS).index(r['net']), r['seed'])):
+    start = next(m for m in measured if m['run'] == r['run'] and m['step'] == 0)
+    cells.append({'depth': r['depth'], 'net': r['net'], 'seed': r['seed'], 'step': r['step'],
+                  'training error %': f"{r['train_error']:.2f}",
+                  'trained': 'yes' if r['trained'] else 'NO: excluded',
+                  'gradient ratio at init': f"{math.exp(_mean_log(start, 'grad')):.3g}",
+                  'gradient ratio then': f"{math.exp(_mean_log(r, 'grad')):.3g}",
+                  'update ratio then': f"{math.exp(_mean_log(r, 'update')):.3g}"})
+  return cells
+
+
+def plot_per_unit(measured: list[dict], title: str, path: str) -> str:
+  """|dL/dx| per unit over that at the last unit, for the deepest trained depth: at init and at
+  the last checkpoint, one line per net (geometric mean over the seeds that trained, band:
+  lowest-highest)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  depth = max(r['depth'] for r in measured)
+  fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), squeeze=False, sharey=True)
+  colours = plt.get_cmap('tab10')
+  for ax, (when, pick) in zip(axes[0], (('at initialisation', lambda r: r['step'] == 0),
+                                        ('after training', lambda r: r['step'] > 0))):
+    for i, net in enumerate(NETS):
+      group = [r for r in measured if r['depth'] == depth and r['net'] == net and pick(r)
+               and r['trained']]
+      if not group:
         continue
-      ax.semilogy(np.arange(1, len(m['units']) + 1), m[kind], label=f"{m['net']}-{m['depth']}",
-                  lw=1.2)
-    ax.set_xlabel('unit index (input side = 1)')
-    ax.set_ylabel({'param': '|dL/d unit params|', 'input': '|dL/d unit input|'}[kind])
-    ax.set_title(f'step {step}' + (' (init)' if step == 0 else ''))
-    ax.grid(True, which='both', alpha=0.3)
+      curves = np.array([np.asarray(r['input']) / r['input'][-1] for r in group])
+      units = np.arange(1, curves.shape[1] + 1)
+      ax.semilogy(units, np.exp(np.log(curves).mean(0)), color=colours(i), lw=1.2,
+                  label=f'{net} ({len(group)} seeds)')
+      ax.fill_between(units, curves.min(0), curves.max(0), color=colours(i), alpha=0.15,
+                      linewidth=0)
+    ax.set_title(f'depth {depth}, {when}', fontsize=9)
+    ax.set_xlabel('unit (input side = 1)')
+    ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
+  axes[0][0].set_ylabel('|dL/dx| / that at the last unit')
+  fig.suptitle(title, fontsize=8)
   fig.tight_layout()
-  plots.save(fig, path)
+  return plots.save(fig, path, dpi=100)
 
 
-def measure(model, variables, images, labels, fn, **meta):
-  started = time.perf_counter()
-  result = probes.unit_norms(model, variables, images, labels, fn)
-  return {**meta, **result, 'wall_s': time.perf_counter() - started,
-          'hardware': hardware.devices_line()}
+def _write_jsonl(path: str, records: list[dict]) -> None:
+  workdir_lib.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
+
+
+def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
+            measured: list[dict], provenance: publish.Provenance) -> int:
+  """Verdicts, tables, plots, results.md and results.json from the training rows, the init
+  records and the trained runs' records: what the study writes at its end, and what `republish`
+  recomputes from committed files."""
+  dataset = rows[0]['dataset'] if rows else 'cifar10'
+  seeds = len({r['seed'] for r in rows})
+  publish.write_csv(publish.portable(rows, out), os.path.join(out, 'results.csv'))
+  _write_jsonl(os.path.join(out, 'init.jsonl'), init)
+  _write_jsonl(os.path.join(out, 'trained.jsonl'), measured)
+  flat = lambda records: [{k: v for k, v in r.items() if not isinstance(v, list)}
+                          for r in records]
+  publish.write_csv(flat(init), os.path.join(out, 'init.csv'))
+  publish.write_csv(flat(measured), os.path.join(out, 'trained.csv'))
+  title = publish.plot_title(f'{STUDY} ({dataset})', budget_name, rows)
+  files = ['results.csv', 'init.jsonl', 'init.csv', 'trained.jsonl', 'trained.csv']
+  arms = [n for n in NETS if any(r['net'] == n for r in init)]
+  files.append(plots.stage_ratios(
+      init, 'net', arms, 'grad', '|dL/dx| second unit / last unit',
+      f'{title}\nsame-shape gradient ratio per stage at init (geometric mean, band: '
+      'lowest-highest seed)', os.path.join(out, 'init_gradient_ratio.png')))
+  files.append(plots.stage_ratios(
+      init, 'net', arms, 'update', '|dL/dW|/|W| second unit / last unit',
+      f'{title}\nsame-shape update ratio per stage at init', os.path.join(
+          out, 'init_update_ratio.png')))
+  if any(r['trained'] for r in measured):
+    files.append(plot_per_unit(measured, f'{title}\n|dL/dx| per unit, nets that trained only',
+                               os.path.join(out, 'trained_per_unit.png')))
+  checked = verdicts(init, measured, seeds)
+  for record in checked:
+    print(f'{record["name"]}: {hypotheses.describe(record)}', flush=True)
+  init_columns = ['depth', 'net', 'seeds', 'initial loss',
+                  *[f'gradient ratio, stage {s}' for s in STAGES],
+                  *[f'update ratio, stage {s}' for s in STAGES]]
+  trained_md = publish.markdown_table(
+      trained_table(measured), ['depth', 'net', 'seed', 'step', 'training error %', 'trained',
+                                'gradient ratio at init', 'gradient ratio then',
+                                'update ratio then'])
+  untrained = sorted(r['run'] for r in measured if r['step'] > 0 and not r['trained'])
+  body = [
+      '## At initialisation', '',
+      f'One fixed batch of {init[0]["batch"] if init else "-"} training images, train-mode BN. '
+      'Gradient ratio: |dL/dx| at the stage\'s second unit over that at its last (above 1: the '
+      'gradient grows towards the input; below 1: it attenuates). Update ratio: |dL/dW|/|W| at '
+      'the second unit over that at the last. Geometric mean over the seeds '
+      '(lowest-highest).', '',
+      publish.markdown_table(init_table(init), init_columns), '',
+      '## After training', '',
+      'Each run measured at its own initialisation and at its last checkpoint, on the same '
+      f'batch. A run whose training error is still at or above {TRAINED_BELOW:g}% has not '
+      'started to train (He et al. 2015, Sec. 4.2, use that threshold for the same purpose); '
+      'it is flagged, and no verdict uses it. Ratios: geometric mean over the stages.', '',
+      trained_md, '',
+      (f'Not trained, excluded: {", ".join(untrained)}.' if untrained else
+       'Every finished run trained.'), '',
+      '## Training runs', '',
+      publish.markdown_table(rows, ['net', 'depth', 'seed', 'train_error', 'test_error',
+                                    'eval_examples', 'steps', 'wall_s', 'status']), '',
+      '`test_error` is the error on the eval split: the training subset itself in the smoke '
+      'and cpu budgets.', '',
+      '## Plots', '', *[f'![{f}]({f})' for f in files if f.endswith('.png')], '',
+      '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
+  return publish.publish(out, study=STUDY, title=f'Gradient flow per unit, {dataset}',
+                         budget=budget_name, rows=rows, files=files, body=body,
+                         provenance=provenance, notes='', headline=trained_md,
+                         hypotheses=checked)
+
+
+def republish(out: str) -> int:
+  """`analyse` again from the folder's results.json, init.jsonl and trained.jsonl alone."""
+  manifest, rows = publish.read_manifest(out)
+  return analyse(out, manifest['budget'], rows,
+                 probes.read_jsonl(os.path.join(out, 'init.jsonl')),
+                 probes.read_jsonl(os.path.join(out, 'trained.jsonl')),
+                 publish.Provenance(manifest['command'], manifest['versions'],
+                                    manifest['wall_s']))
 
 
 @cli.one_line_errors
-def main(argv=None):
+def main(argv=None) -> int:
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   study.add_flags(parser)
+  parser.add_argument('--init_seeds', type=study.seed_list, default=None,
+                      help="seeds of the init measurements, a count or a list; default: the "
+                           "budget's.")
   args = study.parse_args(parser, argv)
   budget = BUDGETS[args.budget]
   if args.steps:
-    budget = dataclasses.replace(budget, train_steps=args.steps,
-                                 checkpoint_every=min(budget.checkpoint_every, args.steps))
-  if args.depths:
-    budget = dataclasses.replace(budget, train_depths=args.depths, init_depths=())
-  dataset = args.dataset
-  seeds = args.seeds or (0,)
-  results_dir = os.path.abspath(args.results_dir)
+    budget = dataclasses.replace(
+        budget, steps=args.steps,
+        warmup_steps=args.steps // 4 if budget.warmup_steps else budget.warmup_steps)
   started = time.perf_counter()
-
-  runs = build_runs(budget, dataset, seeds, args.overrides, args.variant)
-  os.makedirs(results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
-  train_rows = runner.run_sweep(runs, results_dir, jobs=args.jobs)
-
-  images = labels = None
-  measurements = []
-  points = [(r.config, r.meta, r.config.seed, row['workdir']) for r, row in zip(runs, train_rows)]
-  points += [(net_config(dataset, d, net, budget, 0, args.overrides),
-              {'study': STUDY, 'net': net, 'depth': d}, 0, None)
-             for d in budget.init_depths for net in NETS]
-  for config, meta, seed, workdir in points:
-    steps = trained.saved_steps(workdir) if workdir else []
-    if workdir and not steps:
-      continue  # A failed run: its row in the training table says why.
-    if workdir:  # The run's own config and net, in the layout of its checkpoints.
-      first = trained.load(workdir, str(steps[0]))
-      prepared, model = run_lib.prepare(first.config, open_data=False), first.model
-    else:
-      prepared = run_lib.prepare(config, open_data=False)
-      model = run_lib.model(prepared.config)
-    n_images = (budget.big_measure_batch if len(models.unit_names(model)) > 200
-                else budget.measure_batch)
-    if images is None or images.shape[0] < n_images:
-      images, labels = probes.fixed_batch(prepared.config, max(n_images, budget.measure_batch))
-    x, y = images[:n_images], labels[:n_images]
-    fn = probes.unit_norms_fn(model)
-    for step in [0] + steps:
-      variables = (run_lib.initial_variables(prepared, model) if step == 0
-                   else trained.read_variables(workdir, step))
-      m = measure(model, variables, x, y, fn, net=meta['net'], depth=meta['depth'], seed=seed,
-                  step=step, batch=n_images, scan=model.scan)
-      measurements.append(m)
-      print(f"{STUDY}: {m['net']}-{m['depth']} seed {seed} step {step}: |dL/dx| first/last "
-            f"{m['input'][0] / m['input'][-1]:.3g}, |dL/dw| first/last "
-            f"{m['param'][0] / m['param'][-1]:.3g} ({m['wall_s']:.1f} s)", flush=True)
-
-  return write_results(results_dir, args.budget, measurements, train_rows,
-                       time.perf_counter() - started)
-
-
-def headline_rows(measurements) -> list[dict]:
-  """Per net and depth: the first-to-last ratios at initialisation and at the last step measured."""
-  rows = []
-  for key in dict.fromkeys((m['net'], m['depth'], m['seed']) for m in measurements):
-    ms = sorted((m for m in measurements if (m['net'], m['depth'], m['seed']) == key),
-                key=lambda m: m['step'])
-    first, last = ms[0], ms[-1]
-    ratio = lambda m, kind: f"{m[kind][0] / m[kind][-1]:.3g}"
-    rows.append({'net': key[0], 'depth': key[1], 'seed': key[2], 'units': len(first['units']),
-                 'input first/last at init': ratio(first, 'input'),
-                 'param first/last at init': ratio(first, 'param'),
-                 'last step': last['step'] if last['step'] else None,
-                 'input first/last then': ratio(last, 'input') if last['step'] else None,
-                 'param first/last then': ratio(last, 'param') if last['step'] else None})
-  return rows
-
-
-def _fmt(x: float) -> str:
-  return f'{x:.3g}' if np.isfinite(x) else 'nan (the gradient overflowed float32)'
-
-
-def _trend(pairs) -> str:
-  values = [r for _, r in pairs if np.isfinite(r)]
-  if len(values) < 2:
-    return 'cannot be compared'
-  if all(b > a for a, b in zip(values, values[1:])):
-    return 'rises with depth'
-  if all(b < a for a, b in zip(values, values[1:])):
-    return 'falls with depth'
-  return 'does not change monotonically with depth'
-
-
-def verdict(measurements) -> str:
-  """What the first-to-last ratio of |dL/d unit input| does with depth, at initialisation and at
-  the last checkpoint, per net (seed 0), decided from the numbers."""
-  ratio = lambda m: float(m['input'][0] / m['input'][-1])
-  last = max(m['step'] for m in measurements)
-  at = lambda step: {net: [(m['depth'], ratio(m)) for m in sorted(measurements,
-                                                                 key=lambda m: m['depth'])
-                           if m['net'] == net and m['step'] == step and m['seed'] == 0]
-                     for net in NETS}
-  listing = lambda pairs: ', '.join(f'{d} layers {_fmt(r)}' for d, r in pairs)
-  sentences = ['At initialisation, |dL/dx| first/last ' + '; '.join(
-      f'{_trend(pairs)} for the {net} nets ({listing(pairs)})'
-      for net, pairs in at(0).items() if pairs) + '.']
-  if last > 0:
-    trained = {net: pairs for net, pairs in at(last).items() if pairs}
-    spans = {net: [r for _, r in pairs if np.isfinite(r)] for net, pairs in trained.items()}
-    sentences.append(f'After {last} training steps it ' + '; '.join(
-        f'{_trend(pairs)} for the {net} nets ({listing(pairs)})'
-        for net, pairs in trained.items()) + '.')
-    sentences.append('Across the trained depths it spans ' + '; '.join(
-        f'{_fmt(min(v))} to {_fmt(max(v))} for the {net} nets' for net, v in spans.items() if v)
-        + '.')
-  return ' '.join(sentences)
-
-
-def write_results(results_dir, budget, measurements, train_rows, wall_s) -> int:
-  title = publish.plot_title(STUDY, budget, train_rows)
-  files = []
-  for kind in ('input', 'param'):
-    name = f'gradient_{kind}_norms.png'
-    _plot(measurements, os.path.join(results_dir, name),
-          f'{title}\n|dL/d unit {"input" if kind == "input" else "parameters"}| per unit', kind)
-    files.append(name)
-
-  rows = _ratio_rows(measurements)
-  publish.write_csv(rows, os.path.join(results_dir, 'results.csv'))
-  per_unit = [{'net': m['net'], 'depth': m['depth'], 'seed': m['seed'], 'step': m['step'],
-               'unit': i + 1, 'name': name, 'input_grad_norm': float(m['input'][i]),
-               'param_grad_norm': float(m['param'][i])}
-              for m in measurements for i, name in enumerate(m['units'])]
-  publish.write_csv(per_unit, os.path.join(results_dir, 'per_unit.csv'))
-  files += ['results.csv', 'per_unit.csv']
-
-  fmt = lambda r: {**r, **{k: f'{r[k]:.3g}' for k in r if isinstance(r[k], float)}}
-  headline = publish.markdown_table(headline_rows(measurements), [
-      'net', 'depth', 'units', 'input first/last at init', 'param first/last at init',
-      'last step', 'input first/last then', 'param first/last then'])
-  conclusion = verdict(measurements)
-  body = [
-      f'**What this budget shows.** {WHAT_IT_SHOWS[budget]}', '',
-      'Norms of the gradient of the mean cross-entropy on one fixed batch of real training '
-      'images (train-mode BN, no weight decay), per residual unit, unit 1 nearest the input. '
-      '`input first/last` is |dL/dx| at the first unit over that at the last; '
-      '`param first/last` the same for the units\' parameters. Step 0 is initialisation (the '
-      'trainer\'s own init); later steps are the training runs\' checkpoints.', '',
-      f'**From the numbers below.** {conclusion}', '',
-      '## First-to-last ratios', '', headline, '',
-      '## Every measurement', '',
-      publish.markdown_table([fmt(r) for r in rows],
-                             ['net', 'depth', 'seed', 'step', 'units', 'batch', 'loss',
-                              'input_first/last', 'param_first/last', 'input_first', 'input_last',
-                              'wall_s']),
-      '', '## Training runs (through experiments/runner.py)', '',
-      publish.markdown_table(train_rows, ['net', 'depth', 'seed', 'steps', 'train_error',
-                                          'test_error', 'eval_examples', 'wall_s', 'status']),
-      '', 'Per-unit norms: per_unit.csv. Plots: ' + ', '.join(
-          f'[{f}]({f})' for f in files if f.endswith('.png')), '',
-      '## Deviations from the papers', '', *[f'- {d}' for d in DEVIATIONS], '']
-  return publish.publish(results_dir, study=STUDY, title='Gradient flow per unit', budget=budget,
-                         rows=train_rows, files=files, body=body,
-                         provenance=publish.Provenance.now(wall_s),
-                         notes=f'{WHAT_IT_SHOWS[budget]} {conclusion}', headline=headline)
+  runs = build_runs(budget, args.dataset, args.seeds or range(budget.seeds), depths=args.depths,
+                    overrides=args.overrides, variant=args.variant)
+  os.makedirs(args.results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
+  init = measure_init(budget, args.dataset, args.init_seeds or range(budget.init_seeds),
+                      args.overrides, args.variant, args.results_dir)
+  rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+  measured = measure_trained(rows, budget.measure_batch)
+  return analyse(args.results_dir, args.budget, rows, init, measured,
+                 publish.Provenance.now(time.perf_counter() - started))
 
 
 if __name__ == '__main__':

@@ -283,7 +283,7 @@ def _study_configs(budget):
   configs = [r.config for r in activation_ablation.build_runs(ablation, range(1), 'cifar10')]
   configs += [r.config for r in degradation.build_runs(budget, None, 'cifar10')]
   configs += [r.config for r in gradient_flow.build_runs(gradient_flow.BUDGETS[budget],
-                                                         'cifar10')]
+                                                         'cifar10', range(1))]
   configs += [lesion.net_config('cifar10', net, lesion.BUDGETS[budget], 0) for net in lesion.NETS]
   return configs
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import gradient_flow, lesion, probes
+from experiments import gradient_flow, hypotheses, lesion, probes
 from resnet_jax import models
 from resnet_jax.models.units import ResidualUnit
 from tests.test_models_util import random_variables
@@ -106,9 +106,11 @@ def test_stage_ratios_compare_same_shape_inputs_only():
   model = models.create_model('cifar', 20)  # 3 stages of 3 units
   assert probes.stage_spans(model) == [(1, 1, 2), (2, 4, 5), (3, 7, 8)]
   assert probes.stage_spans(model.clone(stage_sizes=(2, 2, 2))) == []
-  measured = {'input': np.arange(1.0, 10.0), 'activation': np.arange(1.0, 10.0) ** 2}
+  measured = {'input': np.arange(1.0, 10.0), 'activation': np.arange(1.0, 10.0) ** 2,
+              'param': np.arange(1.0, 10.0) ** 3, 'weight': np.arange(1.0, 10.0)}
   ratios = probes.stage_ratios(measured, probes.stage_spans(model))
   assert ratios['grad_2'] == 5 / 6 and ratios['growth_3'] == 81 / 64
+  assert ratios['update_1'] == 4 / 9  # |g|/|w| = unit^2: unit 2 over unit 3.
 
 
 def test_lesion_units_mark_the_downsampling_units():
@@ -125,31 +127,52 @@ def test_lesion_units_mark_the_downsampling_units():
 
 def test_lesion_masks_bookkeeping():
   units = lesion.lesion_units(models.create_model('cifar', 20))
-  masks = lesion.lesion_masks(units, draws=3, methods=('mask', 'skip'))
-  assert masks[0]['kind'] == 'intact' and masks[0]['deleted'] == []
-  single = {method: [m['unit'] for m in masks if m['kind'] == 'single' and m['method'] == method]
-            for method in ('mask', 'skip')}
-  assert single['mask'] == list(range(9))
-  assert single['skip'] == [0, 1, 2, 4, 5, 7, 8]  # not the downsampling units 3 and 6
-  for method, n in (('mask', 9), ('skip', 7)):
-    random = [m for m in masks if m['kind'] == 'random' and m['method'] == method]
-    assert sorted({m['k'] for m in random}) == list(range(1, n + 1))
-    assert len(random) == 3 * (n - 1) + 1
+  for mask_shape_changing in (False, True):
+    masks = lesion.lesion_masks(units, draws=3, mask_shape_changing=mask_shape_changing)
+    assert masks[0]['kind'] == 'intact' and masks[0]['deleted'] == []
+    single = {method: [m['unit'] for m in masks if m['kind'] == 'single'
+                       and m['method'] == method] for method in ('mask', 'skip')}
+    assert single['skip'] == [0, 1, 2, 4, 5, 7, 8]  # not the downsampling units 3 and 6
+    assert single['mask'] == ([3, 6] if mask_shape_changing else [])
+    random = [m for m in masks if m['kind'] == 'random']
+    assert {m['method'] for m in random} == {'skip'}
+    assert sorted({m['k'] for m in random}) == list(range(1, 8))
+    assert len(random) == 3 * 6 + 1  # k = all 7 has one set.
     for m in random:
       assert len(m['deleted']) == m['k'] == len(set(m['deleted']))
-      assert method == 'mask' or not set(m['deleted']) & {3, 6}
+      assert not set(m['deleted']) & {3, 6}
 
 
 def test_single_deletions_are_numbered_as_the_downsampling_marks():
   units = lesion.lesion_units(models.create_model('cifar', 20))
-  lesions = [m for m in lesion.lesion_masks(units, draws=1) if m['kind'] == 'single']
+  lesions = [m for m in lesion.lesion_masks(units, draws=1, mask_shape_changing=True)
+             if m['kind'] == 'single']
   records = [lesion.record(m, 90.0 if units[m['unit']]['downsampling'] else 10.0, units,
                            net='r', depth=20, seed=0, checkpoint_step=1, eval_split='test')
              for m in lesions]
   numbers, errors = lesion.single_deletions(records, 'r', 'mask')
-  assert numbers == list(range(1, 10))
   marks = [u['index'] + 1 for u in units if u['downsampling']]  # Where the plot draws them.
-  assert [n for n, e in zip(numbers, errors) if e == 90.0] == marks == [4, 7]
+  assert numbers == marks == [4, 7] and errors == [90.0, 90.0]
+  assert lesion.single_deletions(records, 'r', 'skip')[0] == [1, 2, 3, 5, 6, 8, 9]
+
+
+def test_the_lesion_claim_pairs_unit_positions_of_the_nets_of_one_seed():
+  def records(net, intact, rises):
+    return ([{'net': net, 'depth': 32, 'seed': 0, 'kind': 'intact', 'method': 'none',
+              'unit': None, 'error': intact}]
+            + [{'net': net, 'depth': 32, 'seed': 0, 'kind': 'single', 'method': 'skip',
+                'unit': u, 'error': intact + r} for u, r in enumerate(rises, 1)]
+            + [{'net': net, 'depth': 32, 'seed': 0, 'kind': 'single', 'method': 'mask',
+                'unit': 99, 'error': 90.0}])  # Downsampling: reported apart, not tested.
+  plain = records('plain', 30.0, [60, 55, 58, 40, 62, 59])
+  [got] = lesion.verdicts(plain + records('residual', 20.0, [1, 0.5, 2, 0.2, 0.3, 1]))
+  assert got['name'] == 'plain_breaks_where_residual_does_not_32' and got['verdict'] == 'shown'
+  assert got['n_seeds'] == 6 and got['replicate'] == 'unit position'
+  assert got['differences'] == [59, 54.5, 56, 39.8, 61.7, 58]
+  assert '6 paired unit positions' in hypotheses.describe(got)
+  [same] = lesion.verdicts(plain + records('plain', 30.0, [0] * 6)[:0]
+                           + records('residual', 30.0, [60, 55, 58, 40, 62, 59]))
+  assert same['verdict'] == 'not shown'
 
 
 def test_deleting_units_of_a_preact_net_is_skipping_them_and_plain_nets_lose_their_only_path():
@@ -212,7 +235,7 @@ def _check_outputs(results_dir, study, n_plots):
   for name in manifest['files']:
     assert os.path.getsize(os.path.join(results_dir, name)) > 0, name
   pngs = [f for f in manifest['files'] if f.endswith('.png')]
-  assert len(pngs) == n_plots
+  assert n_plots is None and pngs or len(pngs) == n_plots
   for name in pngs:
     with open(os.path.join(results_dir, name), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -228,24 +251,64 @@ def _check_outputs(results_dir, study, n_plots):
 @pytest.mark.slow
 def test_gradient_flow_smoke_budget(tmp_path):
   results_dir = str(tmp_path / 'gradient_flow')
-  _run_study('gradient_flow', results_dir)
-  _, rows, text = _check_outputs(results_dir, 'gradient_flow', n_plots=2)
+  out = _run_study('gradient_flow', results_dir)
+  manifest, rows, text = _check_outputs(results_dir, 'gradient_flow', n_plots=None)
   budget = gradient_flow.BUDGETS['smoke']
-  trained_points = len(budget.train_steps // budget.checkpoint_every * [0]) + 1
-  expected = len(gradient_flow.NETS) * (len(budget.train_depths) * trained_points
-                                        + len(budget.init_depths))
-  assert len(rows) == expected
-  for row in rows:
-    assert int(row['units']) == (int(row['depth']) - 2) // 2
-    for key in ('input_first/last', 'param_first/last'):
-      assert np.isfinite(float(row[key])) and float(row[key]) > 0
-  assert {int(r['step']) for r in rows} == {0, budget.checkpoint_every, budget.train_steps}
-  assert text.count('\n| plain |') + text.count('\n| original |') + text.count(
-      '\n| preact |') >= expected
+  nets = list(gradient_flow.NETS)
+  assert len(rows) == len(nets) * len(budget.train_depths) * budget.seeds
+  init = probes.read_jsonl(os.path.join(results_dir, 'init.jsonl'))
+  assert sorted((r['net'], r['depth']) for r in init) == sorted(
+      (n, d) for n in nets for d in budget.init_depths)
+  for r in init:  # ResNet-20: 3 units per stage, one same-shape span each.
+    assert len(r['input']) == 9 and all(
+        r[f'{k}_{s}'] > 0 for k in ('grad', 'growth', 'update') for s in (1, 2, 3))
+  measured = probes.read_jsonl(os.path.join(results_dir, 'trained.jsonl'))
+  assert sorted((r['run'], r['step']) for r in measured) == sorted(
+      (f'{n}-d20-s0', step) for n in nets for step in (0, budget.steps))
+  for r in measured:
+    assert r['trained'] == (r['train_error'] < gradient_flow.TRAINED_BELOW)
+  assert ('Every finished run trained.' in text) == all(r['trained'] for r in measured)
+  names = {h['name']: h for h in manifest['hypotheses']}
+  assert set(names) == {'plain_gradient_does_not_vanish_init_20',
+                        'preact_gradient_does_not_vanish_init_20',
+                        'plain_gradient_does_not_vanish_trained_20',
+                        'preact_gradient_does_not_vanish_trained_20'}
+  assert all(h['verdict'] == 'inconclusive' for h in names.values())  # One seed.
+  assert 'init ' in out
 
-  out = _run_study('gradient_flow', results_dir)  # a rerun trains nothing
-  assert out.count('finished before, skipped') == len(gradient_flow.NETS) * len(
-      budget.train_depths)
+  out = _run_study('gradient_flow', results_dir)  # a rerun trains and measures nothing anew
+  assert out.count('finished before, skipped') == len(rows)
+  assert 'init ' not in out
+  before = open(os.path.join(results_dir, 'results.md')).read()
+  os.remove(os.path.join(results_dir, 'results.md'))
+  gradient_flow.republish(results_dir)  # From results.json, init.jsonl and trained.jsonl alone.
+  assert open(os.path.join(results_dir, 'results.md')).read() == before
+
+
+def _records(net, depth, grads, trained=None, step=0):
+  """Measurement records of `net` with one seed per gradient ratio (the same in each stage)."""
+  return [{'run': f'{net}-{s}', 'net': net, 'depth': depth, 'seed': s, 'step': step,
+           'trained': trained[s] if trained else True,
+           **{f'grad_{k}': g for k in (1, 2, 3)}} for s, g in enumerate(grads)]
+
+
+def test_gradient_flow_verdicts_use_only_nets_that_trained():
+  init = (_records('plain', 56, [1.5, 1.2, 1.3, 1.4, 1.1])
+          + _records('preact', 56, [0.5, 0.6, 0.7, 0.4, 0.8]) + _records('plain', 20, [0.1] * 5))
+  trained = (_records('plain', 56, [2.0] * 5, trained=[True, True, False, True, True], step=9)
+             + _records('preact', 56, [2.0, 3.0, 2.5, 2.2, 2.4], step=9))
+  got = {r['name']: r for r in gradient_flow.verdicts(init, trained, 5)}
+  assert set(got) == {'plain_gradient_does_not_vanish_init_56',
+                      'preact_gradient_does_not_vanish_init_56',
+                      'plain_gradient_does_not_vanish_trained_56',
+                      'preact_gradient_does_not_vanish_trained_56'}  # Depth 20 < 56: no claim.
+  assert got['plain_gradient_does_not_vanish_init_56']['verdict'] == 'shown'
+  assert got['preact_gradient_does_not_vanish_init_56']['verdict'] == 'not shown'
+  assert got['preact_gradient_does_not_vanish_trained_56']['verdict'] == 'shown'
+  excluded = got['plain_gradient_does_not_vanish_trained_56']
+  assert excluded['verdict'] == 'inconclusive' and excluded['n_seeds'] == 4
+  assert excluded['why'] == ('1 of 5 paired seeds did not finish or did not train (training '
+                             'error >= 80%)')
 
 
 @needs_cifar10
@@ -253,35 +316,27 @@ def test_gradient_flow_smoke_budget(tmp_path):
 def test_lesion_smoke_budget(tmp_path):
   results_dir = str(tmp_path / 'lesion')
   _run_study('lesion', results_dir)
-  _, rows, text = _check_outputs(results_dir, 'lesion', n_plots=2)
-  units = 9
-  for net, methods in (('residual', {'mask'}), ('plain', {'mask', 'skip'})):
-    mine = [r for r in rows if r['net'] == net]
+  manifest, rows, text = _check_outputs(results_dir, 'lesion', n_plots=2)
+  assert {r['net'] for r in rows} == set(lesion.NETS) and len(rows) == 2
+  records = probes.read_jsonl(os.path.join(results_dir, 'lesions.jsonl'))
+  for net, masked in (('residual', [4, 7]), ('plain', [])):
+    mine = [r for r in records if r['net'] == net]
     single = [r for r in mine if r['kind'] == 'single']
-    assert {r['method'] for r in single} == methods
-    assert sorted(int(r['unit']) for r in single if r['method'] == 'mask') == list(
-        range(1, units + 1))
-    assert {int(r['unit']) for r in single if r['downsampling'] == 'True'} == {4, 7}
-    assert all(0 <= float(r['error']) <= 100 for r in mine)
+    assert sorted(r['unit'] for r in single if r['method'] == 'skip') == [1, 2, 3, 5, 6, 8, 9]
+    assert sorted(r['unit'] for r in single if r['method'] == 'mask') == masked
+    assert all(r['downsampling'] == (r['method'] == 'mask') for r in single)
+    assert {r['method'] for r in mine if r['kind'] == 'random'} == {'skip'}
+    assert all(0 <= r['error'] <= 100 for r in mine)
     assert len([r for r in mine if r['kind'] == 'intact']) == 1
-  assert '## Deleting one unit' in text and '## Deleting k random units' in text
+  [claim] = manifest['hypotheses']
+  assert claim['name'] == 'plain_breaks_where_residual_does_not_20' and claim['n_seeds'] == 7
+  assert '## Deleting one unit' in text and '## Deleting k random same-shape units' in text
 
   assert _run_study('lesion', results_dir).count('finished before, skipped') == 2
-
-
-def test_gradient_flow_verdict_is_read_from_the_numbers():
-  def m(net, depth, step, first, last):
-    return {'net': net, 'depth': depth, 'seed': 0, 'step': step,
-            'input': np.array([first, 1.0, last]), 'param': np.ones(3)}
-  ms = [m('plain', 20, 0, 3.0, 1.0), m('plain', 56, 0, np.nan, 1.0),
-        m('plain', 20, 10, 1.0, 1.0), m('plain', 56, 10, 1e-3, 1.0),
-        m('preact', 20, 0, 2.0, 1.0), m('preact', 56, 0, 4.0, 1.0),
-        m('preact', 20, 10, 1.0, 1.0), m('preact', 56, 10, 2.0, 1.0)]
-  text = gradient_flow.verdict(ms)
-  assert 'At initialisation' in text and 'nan (the gradient overflowed float32)' in text
-  assert 'After 10 training steps it falls with depth for the plain nets' in text
-  assert 'rises with depth for the preact nets (20 layers 1, 56 layers 2)' in text
-  assert '0.001 to 1 for the plain nets; 1 to 2 for the preact nets' in text
+  before = open(os.path.join(results_dir, 'results.md')).read()
+  os.remove(os.path.join(results_dir, 'results.md'))
+  lesion.republish(results_dir)  # From results.json, lesions.jsonl and units.json alone.
+  assert open(os.path.join(results_dir, 'results.md')).read() == before
 
 
 def test_plots_are_saved_small_enough_to_commit(tmp_path):
