@@ -394,6 +394,7 @@ def main(argv=None) -> int:
   runs = build_runs(budget, args.seeds or range(budget.seeds), args.dataset, depths=args.depths,
                     placements=args.placements, overrides=args.overrides, variant=args.variant,
                     report_split=args.report_split)
+  study.check_runs(runs)
   os.makedirs(args.results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
   init = measure_init(budget, args.dataset, args.init_seeds or range(budget.init_seeds),
                       args.overrides, args.variant, args.results_dir)

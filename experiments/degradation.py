@@ -205,6 +205,7 @@ def main(argv=None) -> int:
   started = time.perf_counter()
   runs = build_runs(args.budget, args.seeds, args.dataset, steps=args.steps, depths=args.depths,
                     overrides=args.overrides, variant=args.variant)
+  study.check_runs(runs)
   rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
   return analyse(args.results_dir, args.budget, rows,
                  publish.Provenance.now(time.perf_counter() - started))

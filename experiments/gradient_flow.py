@@ -423,6 +423,7 @@ def main(argv=None) -> int:
   started = time.perf_counter()
   runs = build_runs(budget, args.dataset, args.seeds or range(budget.seeds), depths=args.depths,
                     overrides=args.overrides, variant=args.variant)
+  study.check_runs(runs)
   os.makedirs(args.results_dir, exist_ok=True)  # After the configs were built: a bad one writes none.
   init = measure_init(budget, args.dataset, args.init_seeds or range(budget.init_seeds),
                       args.overrides, args.variant, args.results_dir)

@@ -500,6 +500,7 @@ def main(argv=None):
                        meta={'dataset': args.dataset, 'net': net, 'depth': budget.depth,
                              'seed': seed})
             for net in NETS for seed in (args.seeds or range(budget.seeds))]
+    study.check_runs(runs)
     rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
     targets = [(row['net'], row['workdir'], row['seed']) for row in rows
                if row['status'] == 'ok']

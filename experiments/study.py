@@ -184,6 +184,14 @@ def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals:
     config.model.scan = False
 
 
+def check_runs(runs) -> None:
+  """Every run's config validated, finalised and its net built (no weights), before anything
+  starts: a bad value is one line (a UserError naming the key) and no results folder is made."""
+  from resnet_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  for r in runs:
+    run_lib.model(run_lib.prepare(r.config, open_data=False).config)
+
+
 # Where the papers are silent, every study's `paper` budget follows fb.resnet.torch; the
 # shortened budgets keep the project's defaults. Each study lists these with its own.
 COMMON_DEVIATIONS = (

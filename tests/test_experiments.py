@@ -328,7 +328,9 @@ def test_a_bad_count_or_setting_is_one_line_before_anything_runs(module, tmp_pat
            (['--steps=0'], "argument --steps: invalid integer >= 1 value: '0'"),
            (['--config.nope=1'], "--config.nope=1: the config has no key 'nope'"),
            (['--config.batch_size=big'], "--config.batch_size=big: batch_size takes int values"),
-           (['--stesp=3'], "unrecognized argument '--stesp=3'")]
+           (['--stesp=3'], "unrecognized argument '--stesp=3'"),
+           (['--config.warmup_rule=loss'], "config.warmup_rule='loss' is not allowed"),
+           (['--config.model.shortcut=Q'], "config.model: shortcut='Q' is not allowed")]
   results = helpers.run_modules([
       (module, ['--budget=smoke', f'--results_dir={tmp_path / "r"}', *args], None)
       for args, _ in cases])
