@@ -305,6 +305,19 @@ def test_paper_budgets_follow_the_authors_code_and_the_shortened_ones_do_not():
     assert config.optimizer == 'momentum' and not config.decay_bn_and_bias
 
 
+def test_the_ablation_arms_share_one_warm_up_and_an_lr_scaled_to_their_batch():
+  """Every trained arm of a short budget gets the same linear warm-up to 0.1 x batch/128, and
+  finalize keeps it (recipe=auto would otherwise pick a placement's own warm-up)."""
+  from resnet_jax import recipes
+  for name in ('smoke', 'cpu'):
+    budget = activation_ablation.BUDGETS[name]
+    configs = [recipes.finalize(r.config) for r in activation_ablation.build_runs(budget, range(1))]
+    assert {c.model.placement for c in configs} == set(budget.placements)
+    for config in configs:
+      assert config.learning_rate == pytest.approx(0.1 * budget.batch_size / 128)
+      assert (config.warmup_mode, config.warmup_steps) == ('linear', budget.steps // 4)
+
+
 def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_run(
     tmp_path, monkeypatch):
   run = _digits_run(0)
