@@ -156,7 +156,7 @@ def profile_flax(workload, warmup: int, steps: int) -> tuple[dict, list]:
   batch = jax.device_put(project.synthetic_batch(
       workload.batch_size, workload.image_shape, workload.num_classes, workload.config.seed,
       pixels=False))
-  compiled, state, _, _ = flax_minimal.compile_train_step(workload, batch)
+  compiled, state, _, _, _ = flax_minimal.compile_train_step(workload, batch)
 
   def step():
     nonlocal state

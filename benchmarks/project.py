@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from benchmarks import timing
-from resnet_jax import data, parallel
+from resnet_jax import data, flops, parallel
 from resnet_jax.train import loop, run
 from resnet_jax.train import step as step_lib
 
@@ -31,7 +31,7 @@ class StepResult:
   times: timing.StepTimes
   lower_s: float
   compile_s: float
-  flops: float | None  # XLA's count for one step over all devices.
+  flops: int  # Matrix FLOPs of one step over all devices (resnet_jax.flops).
   step_mem_bytes: int | None  # XLA's memory analysis of the compiled step, per device.
 
 
@@ -46,28 +46,17 @@ def synthetic_batch(batch_size: int, image_shape, num_classes: int, seed: int = 
   return {'image': images, 'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
-def compiled_stats(compiled, num_devices: int = 1) -> tuple[float | None, int | None]:
-  """(FLOPs of one call over `num_devices`, bytes it needs per device) from XLA's cost and
-  memory analyses of a compiled executable; None where the backend gives none."""
-  flops = None
-  try:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # Older jax: one dict per executable.
-      cost = cost[0] if cost else None
-    if cost and cost.get('flops', 0) > 0:
-      # An SPMD executable is one device's program: each device runs it on its part of the batch.
-      flops = float(cost['flops']) * num_devices
-  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
-    pass
-  memory = None
+def compiled_memory(compiled) -> int | None:
+  """Bytes one call of a compiled executable needs per device (XLA's memory analysis); None
+  where the backend gives none."""
   try:
     m = compiled.memory_analysis()
-    if m is not None:
-      memory = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                   - m.alias_size_in_bytes)
-  except Exception:  # pylint: disable=broad-except
-    pass
-  return flops, memory
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
 
 
 @dataclasses.dataclass
@@ -79,6 +68,7 @@ class CompiledStep:
   lower_s: float
   compile_s: float
   model: Any
+  flops: int  # Matrix FLOPs of one step over all devices (resnet_jax.flops).
 
   def __call__(self):
     """One step; the donated state is replaced by the new one."""
@@ -98,46 +88,23 @@ def compile_train_step(prepared, devices) -> CompiledStep:
   lowered = p_train_step.lower(built.state, batch)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return CompiledStep(compiled, built.state, batch, lowered_at - start,
-                      time.perf_counter() - lowered_at, built.model)
+  compiled_at = time.perf_counter()
+  return CompiledStep(compiled, built.state, batch, lowered_at - start, compiled_at - lowered_at,
+                      built.model, flops.count(p_train_step, built.state, batch))
 
 
-def unrolled_flops(prepared, devices) -> float | None:
-  """FLOPs of one step of the net with every stage unrolled, over all devices.
-
-  XLA's cost analysis counts a loop body once, not once per iteration, so a scanned step's own
-  count leaves out most of its convolutions. This counts the unrolled net's step, lowered (not
-  compiled) on abstract state: nothing is initialised or compiled, and for ResNet-20 it is 1.6%
-  below the compiled step's count (XLA drops some work when it optimises).
-  """
-  config = prepared.config.copy_and_resolve_references()
-  config.model.scan = False
-  par = parallel.DataParallel(config.parallel.backend, devices)
-  built = run.build(dataclasses.replace(prepared, config=config), par, abstract=True)
-  batch = par.put_batch(synthetic_batch(config.batch_size, prepared.image_shape,
-                                        config.model.num_classes, config.seed))
-  cost = par.map(step_lib.configured_train_step(config)).lower(built.state, batch).cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  return float(cost['flops']) * par.num_devices if cost and cost.get('flops') else None
-
-
-def step_stats(step: CompiledStep, prepared, devices) -> tuple[float | None, int | None]:
-  """(FLOPs of one step over all devices, bytes per device) of a compiled project step; a
-  scanned step's FLOPs are counted on its unrolled net (`unrolled_flops`)."""
-  flops, memory = compiled_stats(step.compiled, len(devices))
-  if step.model.scan:
-    flops = unrolled_flops(prepared, devices)
-  return flops, memory
+def step_stats(step: CompiledStep) -> tuple[int, int | None]:
+  """(matrix FLOPs of one step over all devices, bytes per device) of a compiled project step."""
+  return step.flops, compiled_memory(step.compiled)
 
 
 def time_train_step(prepared, devices, *, warmup: int, steps: int) -> StepResult:
   """Compiles and times the project's train step alone. benchmarks/throughput.py times it in
   turns with the Flax peer instead."""
   step = compile_train_step(prepared, devices)
-  flops, memory = step_stats(step, prepared, devices)
+  step_flops, memory = step_stats(step)
   times = timing.time_steps(step, jax.block_until_ready, warmup=warmup, steps=steps)
-  return StepResult(times, step.lower_s, step.compile_s, flops, memory)
+  return StepResult(times, step.lower_s, step.compile_s, step_flops, memory)
 
 
 class _ProgressTimes(logging.Handler):

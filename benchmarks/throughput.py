@@ -11,8 +11,8 @@ measures, on one machine, in one process per preset (each with the XLA_FLAGS its
 resnet_jax/xla_flags.py, as the trainer would run it):
 
 * project: the project's train step alone (benchmarks/project.py), on a synthetic batch that
-  stays on the devices: lower + compile time (jax AOT), median step time and img/s, XLA's FLOPs
-  per step, FLOP/s and MFU against the device's peak (benchmarks/hardware.py, or --peak_flops),
+  stays on the devices: lower + compile time (jax AOT), median step time and img/s, matrix FLOPs
+  per step (resnet_jax.flops), FLOP/s and MFU against the device's peak (benchmarks/hardware.py, or --peak_flops),
   peak device memory (n/a on CPU); then the whole training loop on the config's real data
   pipeline and worker_count (steady-state img/s), and that input pipeline alone.
 * flax: a minimal Flax ResNet with a plain jax.jit step (benchmarks/peers/flax_minimal.py).
@@ -186,7 +186,7 @@ def measure(workload: workloads.Workload, devices, machine: dict) -> tuple[list[
   if 'project' in FLAGS.peers:
     print(f'[{workload.name}] project: compiling the train step ...', flush=True)
     step = project.compile_train_step(workload.prepared, devices)
-    flops, step_mem = project.step_stats(step, workload.prepared, devices)
+    flops, step_mem = project.step_stats(step)
     jax.block_until_ready(step())  # Alone, so that the device's peak memory is the project's.
     built['project'] = dict(lower_s=step.lower_s, compile_s=step.compile_s, flops=flops,
                             step_mem=step_mem, peak_mem=hardware.peak_memory_bytes(devices[0]))
@@ -198,11 +198,12 @@ def measure(workload: workloads.Workload, devices, machine: dict) -> tuple[list[
       batch = jax.device_put(project.synthetic_batch(workload.batch_size, workload.image_shape,
                                                      workload.num_classes, config.seed,
                                                      pixels=False))
-      compiled, flax_state, lower_s, compile_s = flax_minimal.compile_train_step(workload, batch)
+      compiled, flax_state, lower_s, compile_s, flops = flax_minimal.compile_train_step(
+          workload, batch)
     except ValueError as e:
       notes.append(f'{workload.name}: flax peer skipped: {e}')
     else:
-      flops, step_mem = project.compiled_stats(compiled)
+      step_mem = project.compiled_memory(compiled)
 
       def flax_step():
         nonlocal flax_state

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from resnet_jax import flops  # The FLOP count every implementation is held to.
+
 ModuleDef = Any
 
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
@@ -156,8 +158,8 @@ def train_step(state, batch, weight_decay: float):
 
 
 def compile_train_step(workload, batch):
-  """(compiled step, initial state, lower seconds, compile seconds) for `workload` on the
-  default device, where `batch` ({'image', 'label'}) lies.
+  """(compiled step, initial state, lower seconds, compile seconds, matrix FLOPs of a step) for
+  `workload` on the default device, where `batch` ({'image', 'label'}) lies.
 
   workload: a benchmarks.throughput.Workload (family, depth, num_classes, dtype, image_shape,
   learning_rate, momentum, nesterov, weight_decay).
@@ -173,4 +175,6 @@ def compile_train_step(workload, batch):
   lowered = step.lower(state, batch)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, state, lowered_at - start, time.perf_counter() - lowered_at
+  compiled_at = time.perf_counter()
+  return (compiled, state, lowered_at - start, compiled_at - lowered_at,
+          flops.count(step, state, batch))
