@@ -39,7 +39,6 @@ results.json. init_log.jsonl keeps every init measurement made in DIR, so a reru
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -52,6 +51,7 @@ from resnet_jax.train import workdir as workdir_lib
 STUDY = 'activation_ablation'
 PLACEMENTS = models.PLACEMENTS  # Every placement of the table (models/placements.py).
 STAGES = (1, 2, 3)
+INIT_RATIOS = (('grad', 'gradient ratio'), ('growth', 'forward growth'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,11 +210,6 @@ def measure_init(budget: Budget, dataset: str, seeds, overrides, variant: str, o
                                 os.path.join(out, 'init_log.jsonl'), STUDY)
 
 
-def _mean_log(record: dict, kind: str) -> float:
-  values = [record[f'{kind}_{s}'] for s in STAGES if f'{kind}_{s}' in record]
-  return statistics.mean(math.log(v) for v in values) if values else float('nan')
-
-
 def early_loss(row: dict) -> float:
   """The mean training loss over the log windows that end within the run's first early_steps."""
   if row['status'] != 'ok':
@@ -234,7 +229,7 @@ def verdicts(init: list[dict], rows: list[dict], expected: int) -> list[dict]:
   for depth in [d for d in depths if d in (110, 164)] or depths[-1:]:
     seeds = sorted({r['seed'] for r in init if r['depth'] == depth})
     value = {(r['placement'], r['seed']): r for r in init if r['depth'] == depth}
-    log = lambda p, kind: [_mean_log(value[(p, s)], kind) if (p, s) in value else nan
+    log = lambda p, kind: [probes.mean_log_ratio(value[(p, s)], kind) if (p, s) in value else nan
                            for s in seeds]
     minus = lambda a, b, kind: [x - y for x, y in zip(log(a, kind), log(b, kind))]
     preact, after_add, bn, relu = claims(depth, 'init')
@@ -266,25 +261,6 @@ def verdicts(init: list[dict], rows: list[dict], expected: int) -> list[dict]:
     checked += [hypotheses.verdict(claim, differences(), expected)
                 for claim, arms, differences in tests if arms <= measured]
   return checked
-
-
-def init_table(init: list[dict]) -> list[dict]:
-  """Per depth and placement: the initial loss (mean) and the ratios per stage (geometric mean,
-  and the lowest and highest seed)."""
-  cells = []
-  for depth in sorted({r['depth'] for r in init}):
-    for placement in [p for p in PLACEMENTS if any(r['placement'] == p for r in init)]:
-      group = [r for r in init if r['depth'] == depth and r['placement'] == placement]
-      cell = {'depth': depth, 'placement': placement, 'seeds': len(group),
-              'initial loss': f'{statistics.mean(r["loss"] for r in group):.3f}'}
-      for kind, label in (('grad', 'gradient ratio'), ('growth', 'forward growth')):
-        for s in STAGES:
-          values = [r[f'{kind}_{s}'] for r in group if f'{kind}_{s}' in r]
-          if values:
-            geo = math.exp(statistics.mean(math.log(v) for v in values))
-            cell[f'{label}, stage {s}'] = f'{geo:.3g} ({min(values):.3g}-{max(values):.3g})'
-      cells.append(cell)
-  return cells
 
 
 def train_table(rows: list[dict], dataset: str) -> list[dict]:
@@ -339,7 +315,7 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
   checked = verdicts(init, rows, seeds)
   for record in checked:
     print(f'{record["name"]}: {hypotheses.describe(record)}', flush=True)
-  init_md = init_table(init)
+  init_md = probes.init_table(init, 'placement', PLACEMENTS, INIT_RATIOS)
   init_columns = ['depth', 'placement', 'seeds', 'initial loss',
                   *[f'gradient ratio, stage {s}' for s in STAGES],
                   *[f'forward growth, stage {s}' for s in STAGES]]

@@ -46,7 +46,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -64,6 +63,7 @@ NETS = {  # label -> (placement, shortcut); shortcut None is the family's defaul
     'preact': ('full_preact', None),
 }
 STAGES = (1, 2, 3)
+INIT_RATIOS = (('grad', 'gradient ratio'), ('update', 'update ratio'))
 # He et al. 2015 (Sec. 4.2) take a training error below 80% as the sign that training has
 # started converging; a net at or above it at the end is flagged as not trained.
 TRAINED_BELOW = 80.0
@@ -207,11 +207,6 @@ def measure_trained(rows: list[dict], measure_batch: int) -> list[dict]:
   return records
 
 
-def _mean_log(record: dict, kind: str) -> float:
-  values = [record[f'{kind}_{s}'] for s in STAGES if f'{kind}_{s}' in record]
-  return statistics.mean(math.log(v) for v in values) if values else float('nan')
-
-
 def claims(depth: int, where: str) -> list[hypotheses.Hypothesis]:
   """The claims tested at one depth; where: 'init' or 'trained'."""
   when = 'at initialisation' if where == 'init' else 'after training, nets that trained'
@@ -239,7 +234,7 @@ def verdicts(init: list[dict], measured: list[dict], seeds: int) -> list[dict]:
   for depth in [d for d in depths if d >= 56] or depths[-1:]:
     at = [r for r in init if r['depth'] == depth]
     for claim, net in zip(claims(depth, 'init'), ('plain', 'preact')):
-      values = [_mean_log(r, 'grad') for r in at if r['net'] == net]
+      values = [probes.mean_log_ratio(r, 'grad') for r in at if r['net'] == net]
       if values:
         checked.append(hypotheses.verdict(claim, values))
   for depth in sorted({r['depth'] for r in measured}):
@@ -247,34 +242,11 @@ def verdicts(init: list[dict], measured: list[dict], seeds: int) -> list[dict]:
     for claim, net in zip(claims(depth, 'trained'), ('plain', 'preact')):
       mine = sorted((r for r in last if r['net'] == net), key=lambda r: r['seed'])
       if mine:
-        values = [_mean_log(r, 'grad') if r['trained'] else float('nan') for r in mine]
+        values = [probes.mean_log_ratio(r, 'grad') if r['trained'] else float('nan') for r in mine]
         checked.append(hypotheses.verdict(
             claim, values, seeds,
             missing_why=f'did not finish or did not train (training error >= {TRAINED_BELOW:g}%)'))
   return checked
-
-
-def _spread(values, fmt='.3g') -> str:
-  geo = math.exp(statistics.mean(math.log(v) for v in values))
-  return f'{geo:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})'
-
-
-def init_table(init: list[dict]) -> list[dict]:
-  """Per depth and net: initial loss (mean), and per stage the gradient and update ratios
-  (geometric mean over seeds, lowest-highest)."""
-  cells = []
-  for depth in sorted({r['depth'] for r in init}):
-    for net in [n for n in NETS if any(r['net'] == n for r in init)]:
-      group = [r for r in init if r['depth'] == depth and r['net'] == net]
-      cell = {'depth': depth, 'net': net, 'seeds': len(group),
-              'initial loss': f'{statistics.mean(r["loss"] for r in group):.3f}'}
-      for kind, label in (('grad', 'gradient ratio'), ('update', 'update ratio')):
-        for s in STAGES:
-          values = [r[f'{kind}_{s}'] for r in group if f'{kind}_{s}' in r]
-          if values:
-            cell[f'{label}, stage {s}'] = _spread(values)
-      cells.append(cell)
-  return cells
 
 
 def trained_table(measured: list[dict]) -> list[dict]:
@@ -287,9 +259,9 @@ def trained_table(measured: list[dict]) -> list[dict]:
     cells.append({'depth': r['depth'], 'net': r['net'], 'seed': r['seed'], 'step': r['step'],
                   'training error %': f"{r['train_error']:.2f}",
                   'trained': 'yes' if r['trained'] else 'NO: excluded',
-                  'gradient ratio at init': f"{math.exp(_mean_log(start, 'grad')):.3g}",
-                  'gradient ratio then': f"{math.exp(_mean_log(r, 'grad')):.3g}",
-                  'update ratio then': f"{math.exp(_mean_log(r, 'update')):.3g}"})
+                  'gradient ratio at init': f"{math.exp(probes.mean_log_ratio(start, 'grad')):.3g}",
+                  'gradient ratio then': f"{math.exp(probes.mean_log_ratio(r, 'grad')):.3g}",
+                  'update ratio then': f"{math.exp(probes.mean_log_ratio(r, 'update')):.3g}"})
   return cells
 
 
@@ -374,7 +346,7 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
       'gradient grows towards the input; below 1: it attenuates). Update ratio: |dL/dW|/|W| at '
       'the second unit over that at the last. Geometric mean over the seeds '
       '(lowest-highest).', '',
-      publish.markdown_table(init_table(init), init_columns), '',
+      publish.markdown_table(probes.init_table(init, 'net', NETS, INIT_RATIOS), init_columns), '',
       '## After training', '',
       'Each run measured at its own initialisation and at its last checkpoint, on the same '
       f'batch. A run whose training error is still at or above {TRAINED_BELOW:g}% has not '

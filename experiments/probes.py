@@ -18,7 +18,9 @@ branch is scaled. One compiled function gives every measurement, for scanned and
 
 import functools
 import json
+import math
 import os
+import statistics
 import time
 
 import flax.linen as nn
@@ -139,6 +141,43 @@ def stage_ratios(measured: dict, spans) -> dict:
     ratios[f'growth_{s}'] = float(measured['activation'][j] / measured['activation'][i])
     ratios[f'update_{s}'] = float(relative[i] / relative[j])
   return ratios
+
+
+def _stages(record: dict, kind: str) -> list[int]:
+  """The stages of which `record` holds a `stage_ratios` ratio of `kind` ('grad_2': stage 2)."""
+  return sorted(int(k[len(kind) + 1:]) for k in record
+                if k.startswith(f'{kind}_') and k[len(kind) + 1:].isdigit())
+
+
+def mean_log_ratio(record: dict, kind: str) -> float:
+  """The mean over the stages of log(ratio) for one record of `stage_ratios`' kind ('grad',
+  'growth' or 'update'): the per-seed value the studies' claims pair; nan if none was measured."""
+  values = [record[f'{kind}_{s}'] for s in _stages(record, kind)]
+  return statistics.mean(math.log(v) for v in values) if values else float('nan')
+
+
+def geometric_spread(values, fmt: str = '.3g') -> str:
+  """'geometric mean (lowest-highest)' of positive ratios."""
+  geo = math.exp(statistics.mean(math.log(v) for v in values))
+  return f'{geo:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})'
+
+
+def init_table(init: list[dict], arm: str, arms, ratios) -> list[dict]:
+  """One row per depth and arm (the records' `arm` key, in the order of `arms`) of the init
+  records: the initial loss (mean over the seeds) and per stage each of `ratios`, (kind, label)
+  pairs of `stage_ratios`, as a geometric spread over the seeds."""
+  cells = []
+  for depth in sorted({r['depth'] for r in init}):
+    for name in [a for a in arms if any(r[arm] == a for r in init)]:
+      group = [r for r in init if r['depth'] == depth and r[arm] == name]
+      cell = {'depth': depth, arm: name, 'seeds': len(group),
+              'initial loss': f'{statistics.mean(r["loss"] for r in group):.3f}'}
+      for kind, label in ratios:
+        for s in sorted({s for r in group for s in _stages(r, kind)}):
+          cell[f'{label}, stage {s}'] = geometric_spread(
+              [r[f'{kind}_{s}'] for r in group if f'{kind}_{s}' in r])
+      cells.append(cell)
+  return cells
 
 
 def fixed_batch(config, num_images: int):
