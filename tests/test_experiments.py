@@ -124,7 +124,7 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   docs = tmp_path / 'results.md'
   docs.write_text('# Measured results\n\nHand-written part.\n')
   command = [sys.executable, '-m', 'experiments.report', '--docs', str(docs),
-             '--results_dir', str(ablation[0]), str(degradation[0]), str(tmp_path / 'nothing')]
+             '--results_dir', str(ablation[0]), str(degradation[0])]
   for _ in range(2):  # The second run replaces the generated part instead of adding another.
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -136,7 +136,6 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   assert ('`python -m experiments.activation_ablation --budget smoke --results_dir '
           'results/activation_ablation-smoke`') in text
   assert '| 20 | bn_after_add | 1/1 |' in text  # The headline table of the study.
-  assert 'left out' in result.stderr
   assert _is_png(tmp_path / 'results' / 'degradation-smoke' / 'fig6_curves.png')
 
 
@@ -396,3 +395,47 @@ def test_ablation_verdicts_are_computed_from_paired_init_seeds():
   # A placement not measured: its claims are left out, not given a verdict.
   partial = activation_ablation.verdicts([r for r in init if r['placement'] != 'original'], [], 5)
   assert 'after_add_relu_attenuates_110' not in [h['name'] for h in partial]
+
+
+def test_a_report_that_cannot_publish_says_so_in_one_line_and_changes_nothing(tmp_path, capsys):
+  """issue 21: a missing, file or garbage results dir, a docs path that is a folder, and a
+  report that finds no study leave docs/results.md and docs/results/ byte for byte."""
+  import hashlib
+  from experiments import report
+  docs = tmp_path / 'docs'
+  (docs / 'results' / 'other-cpu').mkdir(parents=True)
+  (docs / 'results' / 'other-cpu' / 'note.txt').write_text('kept')
+  page = docs / 'results.md'
+  page.write_text(f'# Measured results\n\nhand-written\n\n{report.BEGIN}\n## Studies\n\n'
+                  f'### old (cpu budget)\n\ntext\n{report.END}\n')
+  (tmp_path / 'afile').write_text('x')
+  for name, content in (('garbage', '{not json'), ('alist', '[1, 2]'),
+                        ('nostudy', '{"budget": "cpu", "files": []}'),
+                        ('badstudy', '{"study": "nope", "budget": "cpu", "files": []}'),
+                        ('badfiles', '{"study": "lesion", "budget": "cpu", "files": "x"}')):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(content)
+
+  def digest():
+    return {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(docs.rglob('*')) if p.is_file()}
+
+  before = digest()
+  cases = [(['--results_dir', str(tmp_path / 'missing')], 'is not a directory'),
+           (['--results_dir', str(tmp_path / 'afile')], 'is not a directory'),
+           (['--results_dir', str(tmp_path / 'garbage')], 'cannot be read as JSON'),
+           (['--results_dir', str(tmp_path / 'alist')], 'is not a JSON object'),
+           (['--results_dir', str(tmp_path / 'nostudy')], "has no 'study'"),
+           (['--results_dir', str(tmp_path / 'badstudy')], "has no 'study'"),
+           (['--results_dir', str(tmp_path / 'badfiles')], "has no 'files' list"),
+           (['--docs', str(docs)], 'must name a file in an existing directory')]
+  for argv, message in cases:
+    with pytest.raises(SystemExit) as exit_:
+      report.main([*argv, '--docs', str(page)] if argv[0] != '--docs' else argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and message in err[0], (argv, err)
+    assert digest() == before, argv
+  # Nothing under docs/results/ holds a manifest: the old section stays, exit 1.
+  assert report.main(['--docs', str(page)]) == 1
+  assert 'is left as it was' in capsys.readouterr().err
+  assert digest() == before
