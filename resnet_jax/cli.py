@@ -48,8 +48,26 @@ def define_weights_flags(what: str, weight_file: bool = True) -> None:
   register_key_flags(('workdir', 'checkpoint') + (('model',) if weight_file else ()))
 
 
-def check_output_file(flag: str, path: str) -> None:
-  """A path a command can write its file to, or a UserError naming the flag."""
+def enclosing_run(path: str) -> str | None:
+  """The training run's workdir that `path` lies in (a folder with config.json and checkpoints/
+  or metrics.jsonl, the trainer's files), or None."""
+  folder = os.path.dirname(os.path.abspath(path))
+  while True:
+    if os.path.isfile(os.path.join(folder, 'config.json')) and (
+        os.path.isdir(os.path.join(folder, 'checkpoints'))
+        or os.path.isfile(os.path.join(folder, 'metrics.jsonl'))):
+      return folder
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      return None
+    folder = parent
+
+
+def check_output_file(flag: str, path: str, is_own=None, overwrite: bool = False) -> None:
+  """A path a command can write its file to, or a UserError naming the flag, before any work.
+
+  A command writes only its own outputs: not into a training run's workdir, and not over an
+  existing file unless `is_own(path)` says this command wrote it (or `overwrite`)."""
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
     raise UserError(f'{flag}={path} is a directory; give a file name, e.g. '
@@ -58,6 +76,13 @@ def check_output_file(flag: str, path: str) -> None:
     raise UserError(f'{flag}={path}: the directory {folder} does not exist.')
   if not os.access(folder, os.W_OK):
     raise UserError(f'{flag}={path}: the directory {folder} is not writable.')
+  run = enclosing_run(path)
+  if run is not None:
+    raise UserError(f'{flag}={path} lies inside the training run {run}, whose files only the '
+                    'trainer writes; give a path outside it.')
+  if os.path.lexists(path) and not overwrite and not (is_own and is_own(path)):
+    raise UserError(f'{flag}={path} exists and is not a file this command wrote; give another '
+                    'name, or --overwrite to replace it.')
 
 
 def _similar_file(path: str) -> str:

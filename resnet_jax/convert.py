@@ -26,7 +26,9 @@ def define_flags() -> None:
   flags.DEFINE_float('crop_fraction', 224 / 256, 'The eval crop the file records: 224/256 for '
                      "torchvision's IMAGENET1K_V1 weights (resize 256, crop 224), 224/232 for "
                      'IMAGENET1K_V2 (resize 232).')
-  cli.register_key_flags(('from', 'arch', 'crop_fraction'))
+  flags.DEFINE_bool('overwrite', False, 'Replace OUT even if it is not a weight file (one is '
+                    'replaced anyway; a file inside a run never is).')
+  cli.register_key_flags(('from', 'arch', 'crop_fraction', 'overwrite'))
 
 
 def read_state_dict(path: str) -> dict:
@@ -89,7 +91,7 @@ def _imagenet_class_names(num_classes: int):
 
 
 def convert(source: str, arch: str, in_path: str, out: str,
-            crop_fraction: float = 224 / 256) -> str:
+            crop_fraction: float = 224 / 256, overwrite: bool = False) -> str:
   """Writes OUT from IN; returns a line that says what it holds."""
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
@@ -98,9 +100,9 @@ def convert(source: str, arch: str, in_path: str, out: str,
     raise errors.UserError(f'--from={source}: only torchvision weights are converted.')
   if not 0 < crop_fraction <= 1:
     raise errors.UserError(f'--crop_fraction={crop_fraction} must be in (0, 1].')
-  cli.check_output_file('OUT', out)
   if os.path.abspath(out) == os.path.abspath(in_path):
     raise errors.UserError(f'OUT {out} is IN: give another file name for the converted weights.')
+  cli.check_output_file('OUT', out, models.is_weight_file, overwrite)
   state_dict = read_state_dict(in_path)
   try:
     model_config, variables = tv.from_torchvision(state_dict, arch)
@@ -122,7 +124,8 @@ def main(argv):
     raise errors.UserError(
         f'give IN and OUT after the flags ({len(argv) - 1} arguments given), e.g. python -m '
         'resnet_jax.convert --from=torchvision --arch=resnet50 resnet50.pth resnet50.safetensors')
-  print(convert(FLAGS['from'].value, FLAGS.arch, argv[1], argv[2], FLAGS.crop_fraction))
+  print(convert(FLAGS['from'].value, FLAGS.arch, argv[1], argv[2], FLAGS.crop_fraction,
+                FLAGS.overwrite))
 
 
 if __name__ == '__main__':

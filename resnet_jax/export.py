@@ -17,17 +17,20 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   cli.define_weights_flags('to export; required', weight_file=False)
-  flags.DEFINE_string('out', None, 'The weight file to write, e.g. model.safetensors; required.')
-  cli.register_key_flags(('out',))
+  flags.DEFINE_string('out', None, 'The weight file to write, e.g. model.safetensors; required. '
+                      'An existing file is replaced only if it is a weight file (or with '
+                      '--overwrite); never a file inside a run.')
+  flags.DEFINE_bool('overwrite', False, 'Replace --out even if it is not a weight file.')
+  cli.register_key_flags(('out', 'overwrite'))
 
 
-def export(workdir: str, checkpoint: str, out: str) -> str:
+def export(workdir: str, checkpoint: str, out: str, overwrite: bool = False) -> str:
   """Writes the weight file; returns a line that says what it holds."""
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import models  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import images  # pylint: disable=g-import-not-at-top
   from resnet_jax.train import trained  # pylint: disable=g-import-not-at-top
-  cli.check_output_file('--out', out)
+  cli.check_output_file('--out', out, models.is_weight_file, overwrite)
   weights = trained.open_weights(workdir, None, checkpoint)
   config = trained.read_config(workdir, weights.step)
   data = trained.data_config(config)
@@ -44,7 +47,7 @@ def export(workdir: str, checkpoint: str, out: str) -> str:
 def main(argv):
   del argv
   cli.quiet_library_logs()
-  print(export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.out))
+  print(export(FLAGS.workdir, FLAGS.checkpoint, FLAGS.out, FLAGS.overwrite))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """python -m resnet_jax.predict: PNG files through the eval preprocessing, top 5 with names."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,3 +62,34 @@ def test_predict_matches_the_model_on_the_eval_view_of_the_same_digits(run, tmp_
     assert from_file[str(path)] == predicted[str(path)][:3]
   assert len(predicted[str(big)]) == 5
   assert {name for _, name in predicted[str(big)]} <= {str(i) for i in range(10)}
+
+
+def test_export_writes_only_its_own_files(run, tmp_path):
+  """issue 21: a destination inside the run, or an existing file that is no weight file, is
+  refused before any work, and nothing changes (checked by hash); a weight file is replaced."""
+  import hashlib
+  from resnet_jax.errors import UserError
+
+  def digest(folder):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(pathlib.Path(folder).rglob('*')) if p.is_file()}
+
+  before = digest(run)
+  for inside in (run / 'metrics.jsonl', run / 'model.safetensors',
+                 run / 'checkpoints' / 'model.safetensors'):
+    with pytest.raises(UserError, match='lies inside the training run'):
+      export.export(str(run), 'latest', str(inside))
+  assert digest(run) == before
+  notes = tmp_path / 'notes.txt'
+  notes.write_text('mine')
+  with pytest.raises(UserError, match='exists and is not a file this command wrote'):
+    export.export(str(run), 'latest', str(notes))
+  assert notes.read_text() == 'mine'
+  out = tmp_path / 'model.safetensors'
+  export.export(str(run), 'latest', str(out))
+  export.export(str(run), 'latest', str(out))  # Its own file: replaced.
+  export.export(str(run), 'latest', str(notes), overwrite=True)
+  from safetensors.numpy import load_file  # The header's key order varies: compare tensors.
+  ours, replaced = load_file(out), load_file(notes)
+  assert ours.keys() == replaced.keys()
+  assert all(np.array_equal(ours[k], replaced[k]) for k in ours)

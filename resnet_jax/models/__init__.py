@@ -8,8 +8,8 @@
 """
 
 from resnet_jax.models.factory import SCAN_AUTO_MIN_REPEATS, create_model, from_config
-from resnet_jax.models.weight_file import (PretrainedError, load_pretrained, read_pretrained,
-                                           save_pretrained)
+from resnet_jax.models.weight_file import (PretrainedError, is_weight_file, load_pretrained,
+                                           read_pretrained, save_pretrained)
 from resnet_jax.models.resnet import (CIFAR, FAMILIES, IMAGENET, SHORTCUTS, ResNet,
                                       abstract_variables, scan_to_unrolled, unit_names,
                                       unrolled_to_scan)
@@ -18,6 +18,7 @@ from resnet_jax.models.units import ResidualUnit
 
 __all__ = [
     'CIFAR', 'FAMILIES', 'abstract_variables', 'IMAGENET', 'PLACEMENTS', 'SCAN_AUTO_MIN_REPEATS', 'SHORTCUTS',
-    'PretrainedError', 'ResNet', 'ResidualUnit', 'create_model', 'from_config', 'load_pretrained',
+    'PretrainedError', 'ResNet', 'ResidualUnit', 'create_model', 'from_config', 'is_weight_file',
+    'load_pretrained',
     'read_pretrained', 'save_pretrained', 'scan_to_unrolled', 'unit_names', 'unrolled_to_scan',
 ]

@@ -88,6 +88,16 @@ def save_pretrained(path: str, variables: dict, model, model_config: dict, data_
   os.replace(tmp, path)
 
 
+def is_weight_file(path: str) -> bool:
+  """Whether `path` is a weight file of this project (its header says so); reads the header only."""
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  try:
+    with safe_open(path, 'numpy') as f:
+      return (f.metadata() or {}).get('format') == FORMAT
+  except Exception:  # pylint: disable=broad-except  # Anything else is not ours.
+    return False
+
+
 def read_pretrained(path: str) -> Pretrained:
   """Reads a weight file without building the net; PretrainedError if it is not one."""
   if not os.path.isfile(path):
