@@ -156,7 +156,7 @@ def test_single_deletions_are_numbered_as_the_downsampling_marks():
   assert lesion.single_deletions(records, 'r', 'skip')[0] == [1, 2, 3, 5, 6, 8, 9]
 
 
-def test_the_lesion_claim_pairs_unit_positions_of_the_nets_of_one_seed():
+def test_the_lesion_claims_pair_unit_positions_of_the_nets_of_one_seed():
   def records(net, intact, rises):
     return ([{'net': net, 'depth': 32, 'seed': 0, 'kind': 'intact', 'method': 'none',
               'unit': None, 'error': intact}]
@@ -165,14 +165,16 @@ def test_the_lesion_claim_pairs_unit_positions_of_the_nets_of_one_seed():
             + [{'net': net, 'depth': 32, 'seed': 0, 'kind': 'single', 'method': 'mask',
                 'unit': 99, 'error': 90.0}])  # Downsampling: reported apart, not tested.
   plain = records('plain', 30.0, [60, 55, 58, 40, 62, 59])
-  [got] = lesion.verdicts(plain + records('residual', 20.0, [1, 0.5, 2, 0.2, 0.3, 1]))
-  assert got['name'] == 'plain_breaks_where_residual_does_not_32' and got['verdict'] == 'shown'
+  got, barely = lesion.verdicts(plain + records('residual', 20.0, [1, 0.5, 2, 0.2, 0.3, 1]))
+  assert got['name'] == 'plain_breaks_more_than_residual_32' and got['verdict'] == 'shown'
   assert got['n_seeds'] == 6 and got['replicate'] == 'unit position'
   assert got['differences'] == [59, 54.5, 56, 39.8, 61.7, 58]
   assert '6 paired unit positions' in hypotheses.describe(got)
-  [same] = lesion.verdicts(plain + records('plain', 30.0, [0] * 6)[:0]
-                           + records('residual', 30.0, [60, 55, 58, 40, 62, 59]))
-  assert same['verdict'] == 'not shown'
+  # "Barely changes": every rise below lesion.BARELY (5 points).
+  assert barely['name'] == 'residual_barely_changes_32' and barely['verdict'] == 'shown'
+  assert barely['differences'] == pytest.approx([-4, -4.5, -3, -4.8, -4.7, -4])
+  same, broken = lesion.verdicts(plain + records('residual', 30.0, [60, 55, 58, 40, 62, 59]))
+  assert same['verdict'] == 'not shown' and broken['verdict'] == 'not shown'
 
 
 def test_deleting_units_of_a_preact_net_is_skipping_them_and_plain_nets_lose_their_only_path():
@@ -330,8 +332,9 @@ def test_lesion_smoke_budget(tmp_path):
     assert {r['method'] for r in mine if r['kind'] == 'random'} == {'skip'}
     assert all(0 <= r['error'] <= 100 for r in mine)
     assert len([r for r in mine if r['kind'] == 'intact']) == 1
-  [claim] = manifest['hypotheses']
-  assert claim['name'] == 'plain_breaks_where_residual_does_not_20' and claim['n_seeds'] == 7
+  claim, barely = manifest['hypotheses']
+  assert claim['name'] == 'plain_breaks_more_than_residual_20' and claim['n_seeds'] == 7
+  assert barely['name'] == 'residual_barely_changes_20' and barely['n_seeds'] == 7
   assert '## Deleting one unit' in text and '## Deleting k random same-shape units' in text
 
   assert _run_study('lesion', results_dir).count('finished before, skipped') == 2
