@@ -293,7 +293,23 @@ def _flax_model_name(workload) -> str:
 
 
 def check_csv(path: pathlib.Path) -> bool:
-  """True if `path` is to be started (with a header); UserError if it has other columns."""
+  """True if `path` is to be started (with a header); UserError if it cannot be appended to
+  (checked by opening it, before any measuring) or has other columns."""
+  if path.is_dir():
+    raise UserError(f'--csv={path} is a directory; give a file name, e.g. '
+                    f'{path / "throughput.csv"}.')
+  under = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+  if under is not None:
+    raise UserError(f'--csv={path} lies under {under}, which is a file; give another path.')
+  existed = path.exists()
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a'):
+      pass
+    if not existed:
+      path.unlink()  # Proven writable; it is written when there are rows.
+  except OSError as e:
+    raise UserError(f'--csv={path} cannot be written ({e.strerror}); give another path.') from None
   if path.exists() and path.stat().st_size:
     with open(path, newline='') as f:
       header = next(csv.reader(f), [])

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import hardware, timing
+from benchmarks import hardware, throughput, timing
 from benchmarks.peers import flax_minimal
+from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
 from tests import helpers
 
@@ -238,3 +239,18 @@ def test_a_preset_whose_process_fails_fails_the_run(tmp_path):
   assert lines[-1] == ('error: no workload could be measured (cifar_r20_fp32, cifar_r20_bf16); '
                        'the errors are above.')
   assert not path.exists()
+
+
+def test_a_csv_that_cannot_be_appended_to_is_refused_before_any_measuring(tmp_path):
+  """issue 20: checked by throughput.main before the first workload is timed."""
+  with pytest.raises(UserError, match='is a directory; give a file name'):
+    throughput.check_csv(tmp_path)
+  afile = tmp_path / 'afile'
+  afile.write_text('x')
+  with pytest.raises(UserError, match='lies under .*afile, which is a file'):
+    throughput.check_csv(afile / 'rows.csv')
+  fresh = tmp_path / 'new' / 'rows.csv'
+  assert throughput.check_csv(fresh) and not fresh.exists()
+  afile.write_text('other,columns\n')
+  with pytest.raises(UserError, match='has other columns'):
+    throughput.check_csv(afile)

@@ -1,5 +1,7 @@
 """python -m resnet_jax.export and models.load_pretrained: a round trip gives identical logits."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,50 @@ def test_a_damaged_or_foreign_file_is_one_clear_error(tmp_path):
     models.load_pretrained(str(foreign))
   with pytest.raises(models.PretrainedError, match='does not exist'):
     models.load_pretrained(str(tmp_path / 'missing.safetensors'))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model', '{}', "'model' has no 'family'"),
+    ('model', '[1, 2]', "'model' is a list, not an object"),
+    ('data', '[]', "'data' is a list, not an object"),
+    ('data', '{"mean": "x", "std": [1]}', "'data' has a 'mean' that is not a list of numbers"),
+    ('class_names', '[1, 2]', "'class_names' is not a list of strings"),
+    ('class_names', '{"a": 1}', "'class_names' is not a list of strings"),
+])
+def test_metadata_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path, field, value,
+                                                                  message):
+  """issue 20: a weight file is untrusted input; its metadata is checked against what
+  save_pretrained writes."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from resnet_jax.models import weight_file  # pylint: disable=import-outside-toplevel
+  metadata = {'format': weight_file.FORMAT, 'format_version': weight_file.FORMAT_VERSION,
+              'model': '{"family": "cifar", "depth": 20}', 'data': '{}', 'class_names': 'null',
+              field: value}
+  path = tmp_path / 'odd.safetensors'
+  save_file({'params/head/bias': np.zeros(10, np.float32)}, str(path), metadata=metadata)
+  with pytest.raises(models.PretrainedError, match=re.escape(message)):
+    models.read_pretrained(str(path))
+
+
+def test_non_finite_weights_are_an_error_naming_the_tensor(tmp_path):
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from resnet_jax.models import weight_file  # pylint: disable=import-outside-toplevel
+  metadata = {'format': weight_file.FORMAT, 'format_version': weight_file.FORMAT_VERSION,
+              'model': '{"family": "cifar", "depth": 20}'}
+  path = tmp_path / 'nan.safetensors'
+  save_file({'params/head/bias': np.array([0.0, np.nan], np.float32)}, str(path),
+            metadata=metadata)
+  with pytest.raises(models.PretrainedError, match='params/head/bias holds NaN or infinite'):
+    models.read_pretrained(str(path))
+
+
+def test_an_image_over_pil_s_limit_is_one_line(tmp_path, monkeypatch):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from resnet_jax.data import images  # pylint: disable=import-outside-toplevel
+  from resnet_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'big.png'
+  Image.new('RGB', (64, 64)).save(path)
+  for limit in (64 * 64 - 1, 64 * 64 // 2 - 1):  # PIL's warning, then its error.
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)
+    with pytest.raises(DataError, match='more than .* pixels, PIL\'s limit'):
+      images.load(str(path), 3)

@@ -6,6 +6,8 @@ is normalised with the config's mean and std. Images are converted to the datase
 first: grayscale for 1-channel data (the digits), RGB for 3.
 """
 
+import warnings
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -17,9 +19,15 @@ from resnet_jax.errors import DataError
 def load(path: str, channels: int) -> np.ndarray:
   """A PNG, JPEG or any image PIL reads, as uint8 (H, W, channels)."""
   try:
-    with Image.open(path) as image:
-      image = image.convert('L' if channels == 1 else 'RGB')
-      array = np.asarray(image, np.uint8)
+    with warnings.catch_warnings():
+      # PIL warns above MAX_IMAGE_PIXELS and raises above twice that: both are one line here.
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        image = image.convert('L' if channels == 1 else 'RGB')
+        array = np.asarray(image, np.uint8)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    raise DataError(f'image {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels, PIL\'s limit '
+                    'against decompression bombs; resize it first') from None
   except FileNotFoundError:
     raise DataError(f'image {path} does not exist') from None
   except IsADirectoryError:

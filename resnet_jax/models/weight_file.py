@@ -124,8 +124,35 @@ def read_pretrained(path: str) -> Pretrained:
     class_names = json.loads(metadata.get('class_names', 'null'))
   except (KeyError, ValueError) as e:
     raise PretrainedError(f'{path}: its metadata is damaged ({type(e).__name__}: {e})') from None
+  _check_metadata(path, model_config, data_config, class_names)
+  bad = next((name for name, t in tensors.items() if not np.all(np.isfinite(t))), None)
+  if bad is not None:  # An error, not a warning: such weights can only predict NaN.
+    raise PretrainedError(f'{path}: the tensor {bad} holds NaN or infinite values; the file '
+                          'was written from a diverged run or is damaged')
   return Pretrained(model_config, data_config, class_names, metadata.get('source', ''),
                     unflatten(tensors))
+
+
+def _check_metadata(path: str, model_config, data_config, class_names) -> None:
+  """The metadata's records have the types save_pretrained writes; PretrainedError naming the
+  field otherwise (a file from elsewhere is untrusted input)."""
+  def fail(field, what):
+    raise PretrainedError(f'{path}: its metadata field {field!r} {what}')
+  if not isinstance(model_config, dict):
+    fail('model', f'is a {type(model_config).__name__}, not an object of model settings')
+  for key in ('family', 'depth'):
+    if key not in model_config:
+      fail('model', f'has no {key!r}')
+  if not isinstance(data_config, dict):
+    fail('data', f'is a {type(data_config).__name__}, not an object')
+  for key in ('mean', 'std'):
+    value = data_config.get(key, (0.0,))
+    if not (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, (int, float)) for v in value)):
+      fail('data', f'has a {key!r} that is not a list of numbers')
+  if class_names is not None and not (isinstance(class_names, list)
+                                      and all(isinstance(c, str) for c in class_names)):
+    fail('class_names', 'is not a list of strings')
 
 
 def check_fits(variables: dict, model, image_shape=(32, 32, 3)) -> list[str]:
