@@ -179,7 +179,8 @@ def tfds_copy(source: pathlib.Path, data_dir: pathlib.Path) -> pathlib.Path:
 
 def damage(version_dir: pathlib.Path, kind: str, filename: str) -> pathlib.Path:
   """Damages `filename` in a tfds_copy: 'delete', 'truncate' (to its first half), 'garbage'
-  (random bytes) or 'empty'. Returns its path."""
+  (random bytes), 'empty' or 'corrupt' (bytes in its middle inverted: the file keeps its size
+  and its first and last records). Returns its path."""
   path = version_dir / filename
   original = path.resolve()
   path.unlink()  # Never write through the link into the shared data.
@@ -189,6 +190,11 @@ def damage(version_dir: pathlib.Path, kind: str, filename: str) -> pathlib.Path:
     path.write_bytes(np.random.default_rng(0).bytes(min(original.stat().st_size, 1 << 20)))
   elif kind == 'empty':
     path.write_bytes(b'')
+  elif kind == 'corrupt':
+    content = bytearray(original.read_bytes())
+    middle = len(content) // 2
+    content[middle:middle + 64] = bytes(255 - b for b in content[middle:middle + 64])
+    path.write_bytes(bytes(content))
   elif kind != 'delete':
     raise ValueError(kind)
   return path

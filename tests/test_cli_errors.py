@@ -260,8 +260,8 @@ def test_bad_inputs_end_in_one_line_with_exit_code_2(tmp_path, group):
 SHARD = 'cifar10-train.array_record-00002-of-00004'
 # How each damage to a copy of CIFAR-10 must be reported, besides how to rebuild the data.
 DAMAGED_DATA = {
-    'truncate': [SHARD, 'truncated or not an ArrayRecord file'],
-    'garbage': [SHARD, 'truncated or not an ArrayRecord file'],
+    'truncate': [SHARD, 'not an ArrayRecord file'],
+    'garbage': [SHARD, 'not an ArrayRecord file'],
     'delete': [SHARD, 'is missing', 'does not train on part of a split'],
     'dataset_info.json': ['dataset_info.json cannot be read', 'JSONDecodeError'],
 }
