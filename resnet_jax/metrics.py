@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from resnet_jax.errors import RunError
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -40,16 +42,33 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: v if isinstance(v, int) else float(np.asarray(v)) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
-    self._jsonl.flush()
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, int(step))
-    self._tb.flush()
+    try:
+      self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+      self._jsonl.flush()
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+    except OSError as e:
+      raise RunError(f'{self._jsonl.name}: the metrics of step {step} cannot be written '
+                     f'({e.strerror}); the run stopped there. Free space and rerun the same '
+                     'command: it resumes from its last checkpoint.') from None
 
   def close(self) -> None:
-    if self.enabled:
+    """Closes both files; what a full disk kept them from writing is dropped (a resumed run
+    writes those steps again), without a second error or tensorboardX's retry at exit."""
+    if not self.enabled:
+      return
+    try:
       self._jsonl.close()
+    except OSError:
+      pass
+    try:
       self._tb.close()
+    except OSError:
+      # tensorboardX retries close() at exit (atexit) and fails the same way; mark its event
+      # writers closed so that it does not.
+      for writer in list(getattr(self._tb, 'all_writers', {}).values()):
+        writer.event_writer._closed = True  # pylint: disable=protected-access
 
 
 def _parse(lines, path):

@@ -392,3 +392,50 @@ def test_the_best_checkpoint_is_known_after_a_restart(tmp_path, monkeypatch):
   for _ in range(2):
     loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     assert helpers.checkpoint_steps(tmp_path) == [4, 8]
+
+
+def test_a_disk_that_is_full_at_the_start_is_one_line(tmp_path, monkeypatch):
+  """issue 21: on a full disk an empty file can still be made; the workdir check writes a block
+  and syncs it (/dev/full answers every write with ENOSPC)."""
+  import tempfile
+  from resnet_jax.errors import UserError
+  from resnet_jax.train import workdir as workdir_lib
+  monkeypatch.setattr(tempfile, 'TemporaryFile', lambda dir: open('/dev/full', 'wb'))
+  with pytest.raises(UserError, match=r'--workdir=.* is on a full disk; choose another path\.'):
+    workdir_lib.check_writable(str(tmp_path / 'run'))
+
+
+def test_the_metric_writer_on_a_full_disk_raises_one_run_error_and_closes_quietly(tmp_path):
+  from resnet_jax import metrics
+  from resnet_jax.errors import RunError
+  writer = metrics.MetricWriter(str(tmp_path))
+  writer._jsonl.close()  # pylint: disable=protected-access
+  writer._jsonl = open('/dev/full', 'w')  # pylint: disable=protected-access  # ENOSPC on write.
+  with pytest.raises(RunError, match=r'the metrics of step 3 cannot be written \(No space left'):
+    writer.write(3, {'train/loss': 1.0})
+  writer.close()  # What could not be written is dropped, without a second error.
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 64 KiB tmpfs, or a skip where this user cannot mount one (it needs root)."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(mount)],
+                        capture_output=True, text=True, check=False)
+  if made.returncode:
+    pytest.skip(f'cannot mount a tmpfs here ({made.stderr.strip()[:100]})')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=False)
+
+
+def test_a_disk_that_fills_up_ends_the_run_in_one_line_without_tracebacks(tiny_disk):
+  """issue 21: 8 KiB free: the workdir check passes, the first metrics record does not fit. One
+  line, exit 1, and no traceback from the writers' close or tensorboardX at exit."""
+  (tiny_disk / 'fill').write_bytes(b'\0' * 56 * 1024)
+  workdir = tiny_disk / 'run'
+  result = helpers.run_main(workdir, '--config.num_train_steps=4', '--config.log_every_steps=2')
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and 'Exception ignored' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'No space left on device' in errors[0], result.stderr[-2000:]

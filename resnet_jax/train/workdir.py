@@ -68,8 +68,12 @@ def check_writable(workdir: str) -> None:
     raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another path.')
   try:
     os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
+    # A byte written and synced, not only a file made: on a full disk, creating an empty file
+    # still works.
+    with tempfile.TemporaryFile(dir=workdir) as probe:
+      probe.write(b'\0' * 4096)
+      probe.flush()
+      os.fsync(probe.fileno())
   except OSError as e:
     why = {errno.EROFS: 'is on a read-only file system',
            errno.EACCES: 'is not writable by this user',
@@ -95,9 +99,12 @@ def lock(workdir: str, enabled: bool = True):
       raise WorkdirError(
           f'--workdir={workdir} is in use by another run ({holder}); wait for it to finish, '
           'stop it, or choose another --workdir.') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
-                   f'{datetime.datetime.now().isoformat(timespec="seconds")}').encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
+                     f'{datetime.datetime.now().isoformat(timespec="seconds")}').encode(), 0)
+    except OSError as e:  # The disk filled since check_writable: the lock holds, unnamed.
+      logging.warning('%s: the lock holder could not be written (%s).', path, e.strerror)
     yield
   finally:
     os.close(fd)  # Closing the descriptor releases the flock.
