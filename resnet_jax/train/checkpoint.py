@@ -14,9 +14,13 @@ Nothing a run has saved is lost to a fault:
 * the best checkpoint is chosen from the eval records (`metrics.jsonl`), which survive restarts.
 """
 
+import contextlib
 import dataclasses
+import gc
+import inspect
 import logging
 import shutil
+import sys
 from typing import Any, Sequence
 
 from etils import epath
@@ -185,7 +189,13 @@ class Checkpointer:
     or (None, state_like) when there is nothing to restore.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-    unreadable = []
+    with _quiet_abandoned_reads():
+      return self._restore_newest_readable(state_like, abstract, data_iterator,
+                                           allow_config_change, config)
+
+  def _restore_newest_readable(self, state_like, abstract, data_iterator, allow_config_change,
+                               config):
+    unreadable = []  # (step, what failed): strings, so no traceback keeps orbax's reads alive.
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         metadata = self.manager.item_metadata(step)
@@ -203,17 +213,17 @@ class Checkpointer:
       except CheckpointMismatch:
         raise
       except Exception as e:  # orbax raises many types for unreadable files; try the next one.
-        logging.warning('Checkpoint at step %d is unreadable (%s: %s); trying an older one.',
-                        step, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
-        unreadable.append((step, e))
+        why = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+        logging.warning('Checkpoint at step %d is unreadable (%s); trying an older one.', step,
+                        why)
+        unreadable.append((step, why))
         continue
       self._move_aside([s for s, _ in unreadable])
       return step, restored.state
     if unreadable:
       raise CheckpointError(
           f'no checkpoint in {self.directory} can be restored (' + '; '.join(
-              f'step {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
-              for s, e in unreadable) + '). Nothing was changed. Move the checkpoints aside to '
+              f'step {s}: {why}' for s, why in unreadable) + '). Nothing was changed. Move the checkpoints aside to '
           'start the run afresh, or choose another --workdir.')
     return None, state_like
 
@@ -300,3 +310,23 @@ class Checkpointer:
       logging.info('Closing the checkpoint manager: %s', str(e).splitlines()[0] if str(e) else e)
     finally:
       logging.getLogger('absl').removeFilter(self._errors)
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Keeps the read coroutines that orbax abandons when one array of a damaged checkpoint fails
+  from printing a traceback each when they are collected ('Exception ignored in: <coroutine
+  object _read_array_index_and_device_put>', dozens per checkpoint): the failure is reported
+  once, by the warning of `restore`. Anything else still reaches the usual hook."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not inspect.iscoroutine(unraisable.object):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()  # The abandoned coroutines go now, while the hook holds.
+    sys.unraisablehook = previous
