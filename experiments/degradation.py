@@ -206,9 +206,10 @@ def main(argv=None) -> int:
   runs = build_runs(args.budget, args.seeds, args.dataset, steps=args.steps, depths=args.depths,
                     overrides=args.overrides, variant=args.variant)
   study.check_runs(runs)
-  rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
-  return analyse(args.results_dir, args.budget, rows,
-                 publish.Provenance.now(time.perf_counter() - started))
+  with study.results_lock(args.results_dir):
+    rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+    return analyse(args.results_dir, args.budget, rows,
+                   publish.Provenance.now(time.perf_counter() - started))
 
 
 if __name__ == '__main__':

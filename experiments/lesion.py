@@ -508,22 +508,24 @@ def main(argv=None):
         budget, steps=args.steps,
         warmup_steps=args.steps // 20 if budget.warmup_steps else budget.warmup_steps)
   started = time.perf_counter()
+  runs = [runner.Run(name=f'{net}-d{budget.depth}-s{seed}{args.variant}',
+                     config=net_config(args.dataset, net, budget, seed, args.overrides),
+                     meta={'dataset': args.dataset, 'net': net, 'depth': budget.depth,
+                           'seed': seed})
+          for net in NETS for seed in (args.seeds or range(budget.seeds))]
+  # Before the results dir is made: a bad config or run writes nothing.
   if args.from_workdir:
     rows, targets = _from_workdirs(args.from_workdir)
-    os.makedirs(args.results_dir, exist_ok=True)
   else:
-    runs = [runner.Run(name=f'{net}-d{budget.depth}-s{seed}{args.variant}',
-                       config=net_config(args.dataset, net, budget, seed, args.overrides),
-                       meta={'dataset': args.dataset, 'net': net, 'depth': budget.depth,
-                             'seed': seed})
-            for net in NETS for seed in (args.seeds or range(budget.seeds))]
     study.check_runs(runs)
-    rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
-    targets = [(row['net'], row['workdir'], row['seed']) for row in rows
-               if row['status'] == 'ok']
-  records, units_by_net = measure(targets, budget)
-  return analyse(args.results_dir, args.budget, rows, records, units_by_net,
-                 publish.Provenance.now(time.perf_counter() - started))
+  with study.results_lock(args.results_dir):
+    if not args.from_workdir:
+      rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+      targets = [(row['net'], row['workdir'], row['seed']) for row in rows
+                 if row['status'] == 'ok']
+    records, units_by_net = measure(targets, budget)
+    return analyse(args.results_dir, args.budget, rows, records, units_by_net,
+                   publish.Provenance.now(time.perf_counter() - started))
 
 
 if __name__ == '__main__':

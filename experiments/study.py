@@ -5,6 +5,7 @@
 """
 
 import argparse
+import contextlib
 import ast
 import hashlib
 import importlib
@@ -205,3 +206,13 @@ COMMON_DEVIATIONS = (
     '(config.warmup_rule=train_error), and initialises the classifier with lecun_normal '
     "(flax's default; config.model.head_init): the papers do not say.",
 )
+
+
+@contextlib.contextmanager
+def results_lock(results_dir: str):
+  """The results dir, made and locked for the whole of a study's command: a second study on it
+  is refused at once, in one line, before it writes anything (as a second run on a workdir is)."""
+  from resnet_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_writable(results_dir, flag='--results_dir')
+  with workdir_lib.lock(results_dir, flag='--results_dir', holder='study'):
+    yield

@@ -439,3 +439,21 @@ def test_a_report_that_cannot_publish_says_so_in_one_line_and_changes_nothing(tm
   assert report.main(['--docs', str(page)]) == 1
   assert 'is left as it was' in capsys.readouterr().err
   assert digest() == before
+
+
+def test_a_second_study_on_a_results_dir_in_use_is_refused_before_it_writes(tmp_path):
+  """issue 21: the study holds its results dir's lock, as a run holds its workdir's; the second
+  one is one line, exit 2, and the dir holds nothing new."""
+  from resnet_jax.train import workdir as workdir_lib
+  out = tmp_path / 'busy'
+  out.mkdir()
+  with workdir_lib.lock(str(out), flag='--results_dir', holder='study'):
+    result = subprocess.run(
+        [sys.executable, '-m', 'experiments.degradation', '--budget', 'smoke',
+         '--results_dir', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(f'error: --results_dir={out} is in use by another study (pid '
+                         f'{os.getpid()} on '), line
+  assert line.endswith('; wait for it to finish, stop it, or choose another --results_dir.')
+  assert sorted(p.name for p in out.iterdir()) == ['.lock']

@@ -60,12 +60,13 @@ def is_local(workdir: str) -> bool:
   return '://' not in workdir
 
 
-def check_writable(workdir: str) -> None:
-  """Creates `workdir` if needed and proves it writable, or raises WorkdirError naming it."""
+def check_writable(workdir: str, flag: str = '--workdir') -> None:
+  """Creates `workdir` if needed and proves it writable, or raises WorkdirError naming it as
+  `flag`."""
   if not is_local(workdir):
     return  # gs:// and friends: orbax and tfds report their own permission errors.
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another path.')
+    raise WorkdirError(f'{flag}={workdir} is a file, not a directory; choose another path.')
   try:
     os.makedirs(workdir, exist_ok=True)
     # A byte written and synced, not only a file made: on a full disk, creating an empty file
@@ -80,12 +81,13 @@ def check_writable(workdir: str) -> None:
            errno.EPERM: 'is not writable by this user',
            errno.ENOTDIR: 'lies under a path that is a file, not a directory',
            errno.ENOSPC: 'is on a full disk'}.get(e.errno, f'cannot be created or written ({e.strerror})')
-    raise WorkdirError(f'--workdir={workdir} {why}; choose another path.') from None
+    raise WorkdirError(f'{flag}={workdir} {why}; choose another path.') from None
 
 
 @contextlib.contextmanager
-def lock(workdir: str, enabled: bool = True):
-  """Holds the workdir's lock for the duration of a run; a second run is refused at once."""
+def lock(workdir: str, enabled: bool = True, flag: str = '--workdir', holder: str = 'run'):
+  """Holds the workdir's lock for the duration of a run (or the results dir's for a study:
+  `flag`, `holder`); a second one is refused at once."""
   if not (enabled and is_local(workdir)):
     yield
     return
@@ -95,10 +97,10 @@ def lock(workdir: str, enabled: bool = True):
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 1000, 0).decode(errors='replace').strip() or 'another process'
+      who = os.pread(fd, 1000, 0).decode(errors='replace').strip() or 'another process'
       raise WorkdirError(
-          f'--workdir={workdir} is in use by another run ({holder}); wait for it to finish, '
-          'stop it, or choose another --workdir.') from None
+          f'{flag}={workdir} is in use by another {holder} ({who}); wait for it to finish, '
+          f'stop it, or choose another {flag}.') from None
     try:
       os.ftruncate(fd, 0)
       os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
