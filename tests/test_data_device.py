@@ -325,6 +325,7 @@ def test_both_paths_reach_the_same_cifar10_accuracy(tmp_path):
   device_accuracy = accuracy('device')
   # Same init, same record order (one process), other augmentation draws. Measured on the CPU
   # for seeds 0, 1, 2: grain 45.85%, 47.37%, 47.70%; device 46.40%, 46.78%, 46.73%. So the
-  # bound is about 2.5 times the spread over seeds.
+  # bound is about 2.5 times the spread over seeds. The 40% floor is also the check that the
+  # 2015 recipe learns on real CIFAR-10 in 250 steps (0.64 epoch; chance is 10%).
   assert device_accuracy >= 0.40 and grain_accuracy >= 0.40
   assert abs(device_accuracy - grain_accuracy) <= 0.05, (grain_accuracy, device_accuracy)
