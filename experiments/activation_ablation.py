@@ -15,7 +15,8 @@ shapes agree, and every training run the same order of batches):
    addition makes every residual non-negative, so the stream can only grow; BN after the
    addition alters the signal on the identity path.
 2. A short training of a deeper net, for the placements the paper separates most: the same
-   warm-up for every arm, then a constant learning rate (the paper's first 32k steps hold 0.1). Sec. 4.1 locates bn_after_add's difficulty in reducing the training loss at the
+   warm-up for every arm, then a constant learning rate (the paper's first 32k steps hold 0.1).
+   Sec. 4.1 locates bn_after_add's difficulty in reducing the training loss at the
    beginning of training (its Fig. 6, left): the early training loss is measured there.
 
 Budgets:

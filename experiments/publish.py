@@ -5,6 +5,7 @@ experiments.report copies a results folder's files into docs/results.md from the
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -12,6 +13,7 @@ import sys
 
 from benchmarks import hardware
 from experiments import hypotheses as hypotheses_lib
+from resnet_jax.errors import UserError
 from resnet_jax.metrics import duration
 from resnet_jax.train import workdir as workdir_lib
 
@@ -83,10 +85,34 @@ def portable(rows: list[dict], results_dir: str) -> list[dict]:
 
 
 def read_manifest(results_dir: str) -> tuple[dict, list[dict]]:
-  """(results.json, its rows with absolute workdirs) of a study's results folder."""
-  with open(os.path.join(results_dir, 'results.json')) as f:
-    manifest = json.load(f)
-  rows = [{**r, 'workdir': os.path.join(os.path.abspath(results_dir), r['workdir'])}
+  """(results.json, its rows with absolute workdirs) of a study's results folder; the file is
+  checked against the shape write_manifest gives it, and a UserError names the file and what
+  is wrong (a results folder can come from anywhere)."""
+  path = os.path.join(results_dir, 'results.json')
+  if not os.path.isdir(results_dir):
+    raise UserError(f'{results_dir} is not a directory holding a study\'s results.')
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path} cannot be read as JSON ({e}); is {results_dir} a study\'s results '
+                    'folder?') from None
+  obj = isinstance(manifest, dict)
+  checks = [(obj, 'is not a JSON object'),
+            (obj and isinstance(manifest.get('study'), str)
+             and importlib.util.find_spec(f'experiments.{manifest["study"]}') is not None,
+             "has no 'study' naming a module of experiments/"),
+            (obj and isinstance(manifest.get('budget'), str), "has no 'budget' string"),
+            (obj and isinstance(manifest.get('files'), list)
+             and all(isinstance(f, str) for f in manifest['files']), "has no 'files' list"),
+            (obj and isinstance(manifest.get('rows', []), list)
+             and all(isinstance(r, dict) and isinstance(r.get('workdir', ''), str)
+                     for r in manifest.get('rows', [])),
+             "has a 'rows' that is not a list of run objects")]
+  for ok, why in checks:
+    if not ok:
+      raise UserError(f'{path} {why}, so it is no results.json of a study.')
+  rows = [{**r, 'workdir': os.path.join(os.path.abspath(results_dir), r.get('workdir', ''))}
           for r in manifest.get('rows', [])]
   return manifest, rows
 

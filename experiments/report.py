@@ -18,14 +18,13 @@ docs/results.md by an atomic rename; a report that finds no study changes nothin
 import argparse
 import glob
 import importlib
-import importlib.util
 import json
 import os
 import shlex
 import shutil
 import sys
 
-from experiments import hypotheses
+from experiments import hypotheses, publish
 from resnet_jax import cli
 from resnet_jax.errors import UserError
 from resnet_jax.train import workdir as workdir_lib
@@ -69,38 +68,9 @@ def section(manifest: dict, rel_dir: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def read_manifest(folder: str) -> dict:
-  """The folder's results.json, checked against the shape experiments.publish writes; UserError
-  naming the file and what is wrong."""
-  path = os.path.join(folder, 'results.json')
-  if not os.path.isdir(folder):
-    raise UserError(f'{folder} is not a directory holding a study\'s results.')
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f'{path} cannot be read as JSON ({e}); is {folder} a study\'s results '
-                    'folder?') from None
-  checks = [(isinstance(manifest, dict), 'is not a JSON object'),
-            (isinstance(manifest, dict) and isinstance(manifest.get('study'), str)
-             and importlib.util.find_spec(f'experiments.{manifest["study"]}') is not None,
-             "has no 'study' naming a module of experiments/"),
-            (isinstance(manifest, dict) and isinstance(manifest.get('budget'), str),
-             "has no 'budget' string"),
-            (isinstance(manifest, dict) and isinstance(manifest.get('files'), list)
-             and all(isinstance(f, str) for f in manifest['files']), "has no 'files' list"),
-            (isinstance(manifest, dict) and isinstance(manifest.get('rows', []), list)
-             and all(isinstance(r, dict) for r in manifest.get('rows', [])),
-             "has a 'rows' that is not a list of objects")]
-  for ok, why in checks:
-    if not ok:
-      raise UserError(f'{path} {why}, so it is no results.json of a study.')
-  return manifest
-
-
 def check_publishable(results_dir: str) -> dict:
   """The manifest of a results folder that can be published, or UserError saying why not."""
-  manifest = read_manifest(results_dir)
+  manifest, _ = publish.read_manifest(results_dir)
   if not manifest.get('command', '').startswith('python -m experiments.'):
     raise UserError(f'{results_dir}: its command is not re-runnable ({manifest.get("command")!r}).')
   missing = [f for f in manifest['files'] if not os.path.exists(os.path.join(results_dir, f))]
@@ -133,7 +103,7 @@ def rebuild(folder: str) -> dict | None:
   """The folder's manifest, after its study recomputed the folder from its committed files
   (where the study can, and the folder holds its runs' rows)."""
   try:
-    manifest = read_manifest(folder)
+    manifest, _ = publish.read_manifest(folder)
   except UserError as e:
     print(f'warning: {folder} left out: {e}', file=sys.stderr)
     return None

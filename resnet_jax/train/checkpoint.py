@@ -222,9 +222,10 @@ class Checkpointer:
       return step, restored.state
     if unreadable:
       raise CheckpointError(
-          f'no checkpoint in {self.directory} can be restored (' + '; '.join(
-              f'step {s}: {why}' for s, why in unreadable) + '). Nothing was changed. Move the checkpoints aside to '
-          'start the run afresh, or choose another --workdir.')
+          f'no checkpoint in {self.directory} can be restored ('
+          + '; '.join(f'step {s}: {why}' for s, why in unreadable)
+          + '). Nothing was changed. Move the checkpoints aside to start the run afresh, or '
+          'choose another --workdir.')
     return None, state_like
 
   def _check_fits(self, step: int, metadata, abstract) -> None:
