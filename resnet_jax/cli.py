@@ -23,16 +23,33 @@ from resnet_jax.config_check import TYPE_NAMES, ConfigError, check_structure
 from resnet_jax.errors import RunError, UserError
 
 
+DEBUG_ENV = 'RESNET_JAX_DEBUG'  # =1: every command's errors end in their full traceback.
+
+
 def one_line_errors(main):
-  """A command's main, whose UserError (a bad input) or RunError (a failed run) ends the process
-  with one line `error: <message>` and the exception's exit code (2 or 1), not a traceback."""
+  """A command's main, whose errors end the process in one line `error: <message>`, not a
+  traceback: a UserError (a bad input) or RunError (a failed run) with its exit code (2 or 1),
+  an OSError (a file system that failed under the command) or any other exception with 1.
+
+  With RESNET_JAX_DEBUG=1 in the environment, every error ends in its traceback instead."""
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
+    if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+      return main(*args, **kwargs)
     try:
       return main(*args, **kwargs)
     except (UserError, RunError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
+    except OSError as e:
+      where = f'{e.filename}: ' if e.filename else ''
+      print(f'error: {where}{e.strerror or e} ({DEBUG_ENV}=1 shows the traceback)',
+            file=sys.stderr)
+      sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'error: unexpected {type(e).__name__}: {" ".join(str(e).split())[:500]} (a bug: '
+            f'{DEBUG_ENV}=1 shows the traceback)', file=sys.stderr)
+      sys.exit(1)
   return wrapped
 
 

@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+from resnet_jax import cli
+from resnet_jax.errors import RunError, UserError
 from tests import helpers
 
 QUICK = '--config=configs/quickstart.py'
@@ -296,3 +298,30 @@ def test_the_console_script_helpshort_lists_its_flags():
                           env=helpers.env())
   for flag in ('--config', '--workdir'):
     assert flag in result.stdout, result.stdout
+
+
+def _fails_with(error):
+  @cli.one_line_errors
+  def main():
+    raise error
+  return main
+
+
+@pytest.mark.parametrize('error, code, line', [
+    (UserError('--results_dir=x: not writable.'), 2, 'error: --results_dir=x: not writable.'),
+    (RunError('the run diverged at step 3.'), 1, 'error: the run diverged at step 3.'),
+    (IsADirectoryError(21, 'Is a directory', '/tmp/out'), 1,
+     'error: /tmp/out: Is a directory (RESNET_JAX_DEBUG=1 shows the traceback)'),
+    (KeyError('model'), 1, "error: unexpected KeyError: 'model' (a bug: RESNET_JAX_DEBUG=1 shows "
+                           'the traceback)'),
+])
+def test_every_command_s_errors_end_in_one_line_unless_debug_asks(error, code, line, capsys,
+                                                                  monkeypatch):
+  monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+  with pytest.raises(SystemExit) as exit_:
+    _fails_with(error)()
+  assert exit_.value.code == code
+  assert capsys.readouterr().err == line + '\n'
+  monkeypatch.setenv(cli.DEBUG_ENV, '1')  # The traceback, for a bug report.
+  with pytest.raises(type(error)):
+    _fails_with(error)()

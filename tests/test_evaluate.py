@@ -3,6 +3,7 @@ lock; and one line for each bad argument, for it and for predict, export and con
 
 import fcntl
 import json
+import shutil
 
 import pytest
 
@@ -56,7 +57,19 @@ def test_bad_arguments_end_in_one_line_with_exit_code_2(run, tmp_path):
   (tmp_path / 'not_weights.safetensors').write_bytes(b'\x00' * 64)
   (tmp_path / 'a_dir').mkdir()
   steps = '10, 20'
+  # A run's files are untrusted input too: a config.json of the wrong shape (and no config saved
+  # with the checkpoints, which is read first).
+  for name, text in (('listconfig', '[1]'), ('badmodel', '{"model": 3}')):
+    shutil.copytree(run, tmp_path / name, ignore=shutil.ignore_patterns('.lock'))
+    for saved in (tmp_path / name / 'checkpoints').glob('*/config'):
+      shutil.rmtree(saved)
+    (tmp_path / name / 'config.json').write_text(text)
   rows = [
+      _bad('resnet_jax.evaluate', f'--workdir={tmp_path}/listconfig',
+           words=['listconfig records a config that is a JSON list, not an object']),
+      _bad('resnet_jax.export', f'--workdir={tmp_path}/badmodel', f'--out={tmp_path}/m',
+           words=['badmodel records a config that does not fit configs/schema.py',
+                  'config.model=3 must be a ConfigDict']),
       _bad('resnet_jax.evaluate', f'--workdir={run}', '--checkpoint=7',
            words=['--checkpoint=7 is not a saved step', f'saved steps: {steps}']),
       _bad('resnet_jax.evaluate', f'--workdir={run}', '--checkpoint=newest',

@@ -15,8 +15,6 @@ import time
 import pytest
 
 from experiments import activation_ablation, papers, publish, runner, study
-from resnet_jax import cli
-from resnet_jax.errors import UserError
 from tests import helpers
 
 ROOT = helpers.ROOT
@@ -362,16 +360,6 @@ def test_changed_settings_make_runs_of_their_own():
   assert [r.name for r in changed] == ['plain-d20-s3-vabcdef', 'plain-d20-s4-vabcdef',
                                        'residual-d20-s3-vabcdef', 'residual-d20-s4-vabcdef']
   assert {(r.config.num_train_steps, r.config.optimizer) for r in changed} == {(50, 'nesterov')}
-
-
-def test_a_user_error_that_escapes_a_study_is_one_line(capsys):
-  @cli.one_line_errors
-  def main():
-    raise UserError('--results_dir=x: not writable.')
-  with pytest.raises(SystemExit) as exit_:
-    main()
-  assert exit_.value.code == 2
-  assert capsys.readouterr().err == 'error: --results_dir=x: not writable.\n'
 
 
 def test_ablation_verdicts_are_computed_from_paired_init_seeds():

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import schema
-from resnet_jax import models
+from resnet_jax import config_check, models
 from resnet_jax.errors import UserError
 from resnet_jax.metrics import best_eval_step, read_metrics
 from resnet_jax.train import workdir as workdir_lib
@@ -120,8 +120,15 @@ def read_config(workdir: str, step: int) -> ml_collections.ConfigDict:
       raise RunReadError(f'cannot be read: {e}') from None
   if recorded is None:
     raise RunReadError('has checkpoints but no config.json, so its model is unknown')
-  return ml_collections.ConfigDict(
+  if not isinstance(recorded, dict):
+    raise RunReadError(f'records a config that is a JSON {type(recorded).__name__}, not an object')
+  config = ml_collections.ConfigDict(
       _with_defaults(recorded, workdir_lib.as_dict(schema.get_config())))
+  try:  # A run's files are input like any other: a wrong type fails here, not deep in a model.
+    config_check.check_structure(config)
+  except UserError as e:
+    raise RunReadError(f'records a config that does not fit configs/schema.py: {e}') from None
+  return config
 
 
 class _QuietMetadataWarning(logging.Filter):
@@ -148,8 +155,9 @@ def read_variables(workdir: str, step: int) -> dict:
       return reader.restore(path, args=ocp.args.PyTreeRestore(
           item=items, restore_args=restore_args, partial_restore=True))
   except Exception as e:  # pylint: disable=broad-except  # orbax's errors for damaged files.
-    gone = '' if path.exists() else ' (it was deleted while being read: the run keeps only ' \
-                                     'its newest and best checkpoints)'
+    gone = '' if path.exists() else (' (its state is missing: the checkpoint never finished, or '
+                                     'it was deleted while being read, as the run keeps only its '
+                                     'newest and best checkpoints)')
     raise RunReadError(f'has a checkpoint of step {step} that cannot be read{gone}: '
                        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
   finally:

@@ -171,7 +171,7 @@ def read_recorded_config(workdir: str) -> dict | None:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise WorkdirError(f'{path} cannot be read ({e}); it records the run in {workdir}. Restore it, '
-                       'or choose another --workdir.') from None
+                       'or use another workdir.') from None
 
 
 def check_same_run(workdir: str, config) -> None:
