@@ -206,8 +206,10 @@ def main(argv=None) -> int:
   runs = build_runs(args.budget, args.seeds, args.dataset, steps=args.steps, depths=args.depths,
                     overrides=args.overrides, variant=args.variant)
   study.check_runs(runs)
+  if args.print_commands:
+    return study.print_commands(runs, args)
   with study.results_lock(args.results_dir):
-    rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+    rows = study.sweep(runs, args)
     return analyse(args.results_dir, args.budget, rows,
                    publish.Provenance.now(time.perf_counter() - started))
 

@@ -396,11 +396,13 @@ def main(argv=None) -> int:
   runs = build_runs(budget, args.dataset, args.seeds or range(budget.seeds), depths=args.depths,
                     overrides=args.overrides, variant=args.variant)
   study.check_runs(runs)
+  if args.print_commands:
+    return study.print_commands(runs, args)
   # After the configs were built: a bad one writes nothing.
   with study.results_lock(args.results_dir):
     init = measure_init(budget, args.dataset, args.init_seeds or range(budget.init_seeds),
                         args.overrides, args.variant, args.results_dir)
-    rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+    rows = study.sweep(runs, args)
     measured = measure_trained(rows, budget.measure_batch)
     return analyse(args.results_dir, args.budget, rows, init, measured,
                    publish.Provenance.now(time.perf_counter() - started))

@@ -518,9 +518,11 @@ def main(argv=None):
     rows, targets = _from_workdirs(args.from_workdir)
   else:
     study.check_runs(runs)
+    if args.print_commands:
+      return study.print_commands(runs, args)
   with study.results_lock(args.results_dir):
     if not args.from_workdir:
-      rows = runner.run_sweep(runs, args.results_dir, jobs=args.jobs)
+      rows = study.sweep(runs, args)
       targets = [(row['net'], row['workdir'], row['seed']) for row in rows
                  if row['status'] == 'ok']
     records, units_by_net = measure(targets, budget)

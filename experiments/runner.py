@@ -1,28 +1,40 @@
-"""Runs a study's training runs through the one trainer, resumably: one row per run.
+"""Runs a study's training runs on Ray, resumably: one row per run.
 
 Every run trains with resnet_jax.train.loop.train_and_evaluate in its own workdir,
 DIR/runs/<name>. A rerun of the same sweep skips the runs that finished (summary.json) and
 resumes the interrupted ones from their checkpoints, bit for bit, so a sweep killed at any
-moment continues where it stopped. With jobs > 1 each run is a child process
-(`python -m experiments.runner --run_spec FILE`) and that many run at once; on a GPU each child
-gets about 0.9 / jobs of its memory (XLA_PYTHON_CLIENT_MEM_FRACTION), so they share one device.
+moment continues where it stopped.
+
+Where the runs go (`Placement`): by default an embedded Ray instance sized to this machine,
+started for the sweep and stopped after it; `cluster='auto'` or an address joins a running Ray
+cluster. Ray Core, not Tune: a run here is one call of the trainer with a fixed config, which is
+a Ray task with declared resources; Tune's trials, searchers and its own checkpoint and result
+folders would duplicate what the trainer and this module already keep.
+
+Each run is a task that asks for `cpus_per_run` CPUs and `gpus_per_run` GPUs (fractions share
+a GPU; Ray sets CUDA_VISIBLE_DEVICES per task). A run of `processes_per_run` > 1 gets a placement
+group of that many bundles, one process per bundle, joined by jax.distributed with the first
+bundle's node as coordinator; only process 0 writes the run's logs, as the trainer does. A task
+whose worker or node dies is retried (`max_retries`) and resumes from the run's last checkpoint,
+so workdirs and the results dir must be on storage every node sees (a shared filesystem, or
+gs:// where orbax and tfds support it).
 """
 
-import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import pickle
+import shlex
 import signal
-import subprocess
+import socket
 import sys
 import time
 
 import ml_collections
 
 from benchmarks import hardware
-from resnet_jax import cli, xla_flags
+from resnet_jax import xla_flags
 from resnet_jax.errors import RunError, UserError
 from resnet_jax.metrics import best_eval_step, duration, read_metrics
 from resnet_jax.train import optim
@@ -40,6 +52,18 @@ class Run:
   # If set, the checkpoint with the best accuracy on the config's eval split (a validation
   # split) is evaluated on this split at the end, and that is the row's test error.
   report_split: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where and with what each run of a sweep trains."""
+  cluster: str = 'local'        # 'local' (embedded instance), 'auto' or a Ray address
+  jobs: int = 1                 # local only: runs at once (each gets 1/jobs of the cores)
+  cpus_per_run: float | None = None   # None: local, cores / jobs; a cluster, 1
+  gpus_per_run: float = 0.0     # fractions share a GPU
+  processes_per_run: int = 1    # > 1: one jax.distributed process per placement-group bundle
+  resources: tuple = ()         # custom Ray resources each process asks for, ((name, n), ...)
+  max_retries: int = 3          # of a run whose worker or node died
 
 
 def _total_steps(config) -> int:
@@ -133,25 +157,60 @@ def run_one(config, workdir: str, report_split: str | None = None
   return summary, 'ok', hw
 
 
-def _log_to(path: str):
-  """Sends the trainer's log lines of one in-process run to `path` (as a child's would go)."""
-  handler = logging.FileHandler(path)
-  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+@contextlib.contextmanager
+def _log_to(path: str | None):
+  """Sends the trainer's log lines of one run to `path`; None: nowhere (a process other than a
+  distributed run's first)."""
   root = logging.getLogger()
-  # The console keeps the sweep's own lines: a handler there already (absl's default one, which
-  # orbax's import installs) gets the run's warnings, not its INFO lines.
+  handler = logging.FileHandler(path) if path else logging.NullHandler()
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   levels = [(root, root.level)] + [(h, h.level) for h in root.handlers]
+  # Ray's own console handlers keep warnings only: the run's INFO lines go to its log.
   for console, level in levels[1:]:
     console.setLevel(max(level, logging.WARNING))
   root.addHandler(handler)
   root.setLevel(logging.INFO)
-
-  def undo():
+  try:
+    yield
+  finally:
     root.removeHandler(handler)
     for thing, level in levels:
       thing.setLevel(level)
     handler.close()
-  return undo
+
+
+def train_task(spec: dict) -> dict:
+  """One process of one run, on a Ray worker: its outcome (summary, status, hardware, seconds).
+
+  The trainer saves a checkpoint and returns 'stopped' on SIGTERM, which Ray sends when the
+  sweep is cancelled. A distributed run's process joins jax.distributed first (in a worker of
+  its own: a process joins once)."""
+  config = spec['config']
+  started = time.perf_counter()
+  with _log_to(spec['log']):
+    try:
+      xla_flags.apply(config)  # Before the run starts JAX's backends, in a fresh worker.
+      if spec.get('distributed'):
+        from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+        config = config.copy_and_resolve_references()
+        config.distributed.update(spec['distributed'])
+        parallel.initialize_distributed(config.distributed)
+    except (UserError, RunError) as e:
+      return {'summary': None, 'status': f'failed: {e}', 'hardware': None, 'seconds': 0.0}
+    summary, status, hw = run_one(config, spec['workdir'], spec.get('report_split'))
+  import ray  # pylint: disable=g-import-not-at-top
+  return {'summary': summary, 'status': status, 'hardware': hw,
+          'seconds': time.perf_counter() - started,
+          'node': ray.get_runtime_context().get_node_id()}
+
+
+def _free_address() -> str:
+  """HOST:PORT of this node with a port free now: the coordinator of a distributed run."""
+  import ray  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('', 0))
+    port = s.getsockname()[1]
+  return f'{ray.util.get_node_ip_address()}:{port}'
 
 
 class _Progress:
@@ -190,60 +249,224 @@ def _describe(summary, status) -> str:
   return status
 
 
-def run_sweep(runs: list[Run], results_dir: str, jobs: int = 1) -> list[dict]:
-  """Trains every run that has not finished; returns one row per run, in the order of `runs`.
+def check_placement(placement: Placement) -> None:
+  """UserError naming the flag for a placement that cannot work."""
+  if placement.jobs < 1:
+    raise UserError(f'--jobs={placement.jobs} must be at least 1.')
+  if placement.cpus_per_run is not None and placement.cpus_per_run <= 0:
+    raise UserError(f'--cpus_per_run={placement.cpus_per_run} must be positive.')
+  if placement.gpus_per_run < 0:
+    raise UserError(f'--gpus_per_run={placement.gpus_per_run} must be 0 or more.')
+  if placement.processes_per_run < 1:
+    raise UserError(f'--processes_per_run={placement.processes_per_run} must be at least 1.')
+  if placement.cluster != 'local' and placement.jobs != 1:
+    raise UserError('--jobs applies to the embedded local instance only; on a cluster, size the '
+                    'runs with --cpus_per_run and --gpus_per_run and Ray places them.')
 
-  A run that raises UserError or RunError gets 'status': 'failed: <message>' and the sweep goes
-  on. A sweep stopped by SIGTERM or SIGINT saves the running runs' checkpoints and exits (code
-  128 + signal); rerunning it resumes them.
-  """
+
+def _finished(runs, results_dir, varying, progress) -> tuple[dict, list[Run]]:
+  """Rows of the runs that finished before, and the runs still to train."""
+  rows, todo = {}, []
+  for run in runs:
+    workdir = os.path.join(results_dir, 'runs', run.name)
+    summary = _read_json(os.path.join(workdir, 'summary.json'))
+    if summary is None:
+      todo.append(run)
+      continue
+    side = _read_json(_sidecar_path(results_dir, run.name)) or {}
+    try:  # A finished run of another config is not this run's result.
+      workdir_lib.check_same_run(workdir, run_lib.prepare(run.config, open_data=False).config)
+    except UserError as e:
+      rows[run.name] = _row(run, workdir, None, f'failed: {e}', side, varying)
+      progress.line(run.name, f'failed: {e}')
+      continue
+    rows[run.name] = _row(run, workdir, summary, 'ok', side, varying)
+    progress.done[run.name] = progress.total[run.name]
+    progress.line(run.name, f'finished before, skipped ({_describe(summary, "ok")})')
+  return rows, todo
+
+
+def _check_names(runs) -> None:
   names = [run.name for run in runs]
   if len(set(names)) != len(names):
     raise UserError(f'run names must be unique; repeated: '
                     f'{sorted({n for n in names if names.count(n) > 1})}')
-  if jobs < 1:
-    raise UserError(f'--jobs={jobs} must be at least 1.')
+
+
+def run_sweep(runs: list[Run], results_dir: str, placement: Placement = Placement()
+              ) -> list[dict]:
+  """Trains every run that has not finished, on Ray; one row per run, in the order of `runs`.
+
+  A run that raises UserError or RunError gets 'status': 'failed: <message>' and the sweep goes
+  on. The caller holds the results dir's lock (study.results_lock), so no second sweep writes
+  there. SIGTERM or SIGINT stops the running runs, which save their checkpoints, and exits (code
+  128 + signal); rerunning the command resumes them.
+  """
+  _check_names(runs)
+  check_placement(placement)
   results_dir = os.path.abspath(results_dir)
-  for sub in ('runs', 'logs', 'specs'):
+  workdir_lib.check_writable(results_dir, flag='--results_dir')
+  for sub in ('runs', 'logs'):
     os.makedirs(os.path.join(results_dir, sub), exist_ok=True)
   varying = varying_keys(runs)
   progress = _Progress(runs, results_dir)
-  rows = {}
-  todo = []
-  for run in runs:
-    workdir = os.path.join(results_dir, 'runs', run.name)
-    summary = _read_json(os.path.join(workdir, 'summary.json'))
-    if summary is not None:
-      side = _read_json(_sidecar_path(results_dir, run.name)) or {}
-      try:  # A finished run of another config is not this run's result.
-        workdir_lib.check_same_run(workdir, run_lib.prepare(run.config, open_data=False).config)
-      except UserError as e:
-        rows[run.name] = _row(run, workdir, None, f'failed: {e}', side, varying)
-        progress.line(run.name, f'failed: {e}')
-        continue
-      rows[run.name] = _row(run, workdir, summary, 'ok', side, varying)
-      progress.done[run.name] = progress.total[run.name]
-      progress.line(run.name, f'finished before, skipped ({_describe(summary, "ok")})')
-    else:
-      todo.append(run)
-  if jobs == 1:
-    # XLA reads config.xla once per process: the runs here get it where they all ask the same
-    # (a run process of --jobs > 1 sets its own).
-    asks = {tuple(xla_flags.wanted(run.config)) for run in todo}
-    if len(asks) == 1:
-      xla_flags.apply(todo[0].config)
-    for run in todo:
-      rows[run.name] = _run_in_process(run, results_dir, varying, progress)
-  else:
-    rows.update(_run_in_children(todo, results_dir, jobs, varying, progress))
+  rows, todo = _finished(runs, results_dir, varying, progress)
+  if todo:
+    with _ray(placement):
+      rows.update(_train_on_ray(todo, results_dir, placement, varying, progress))
   return [rows[run.name] for run in runs]
 
 
-def _finish(run, results_dir, varying, progress, summary, status, hw, seconds) -> dict:
+@contextlib.contextmanager
+def _ray(placement: Placement):
+  """Ray, connected: an embedded instance for 'local' (stopped at the end), else the cluster."""
+  import ray  # pylint: disable=g-import-not-at-top
+  # A run's environment, the same on every worker: this checkout on the path, the driver's
+  # XLA and data settings.
+  env = {k: v for k, v in os.environ.items()
+         if k in ('XLA_FLAGS', 'TFDS_DATA_DIR', 'JAX_PLATFORMS', 'JAX_ENABLE_X64')}
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
+  runtime_env = {'env_vars': env}
+  kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                runtime_env=runtime_env)
+  if placement.cluster == 'local':
+    kwargs.update(num_cpus=hardware.cpu_count(),
+                  # Nothing of the instance leaves this machine's loopback interface.
+                  _node_ip_address='127.0.0.1',
+                  # The object store holds only the runs' small outcomes.
+                  object_store_memory=80 * 2**20)
+  else:
+    kwargs['address'] = placement.cluster
+  started = not ray.is_initialized()
+  if started:
+    try:
+      ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+      raise RunError(f'--cluster={placement.cluster}: Ray could not start or connect: '
+                     f'{" ".join(str(e).split())[:300]}') from None
+  try:
+    yield ray
+  finally:
+    if started:
+      ray.shutdown()
+
+
+def _resources(placement: Placement, ray) -> tuple[float, float]:
+  cpus = placement.cpus_per_run
+  if cpus is None:
+    cpus = (ray.cluster_resources().get('CPU', 1) / placement.jobs
+            if placement.cluster == 'local' else 1)
+  return cpus, placement.gpus_per_run
+
+
+def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker: bool):
+  """(refs of the run's processes, placement group or None); the first ref is process 0's."""
+  cpus, gpus = _resources(placement, ray)
+  spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
+          'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
+          'report_split': run.report_split}
+  task = ray.remote(train_task).options(
+      num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
+      max_retries=placement.max_retries, max_calls=1 if fresh_worker else 0, name=run.name)
+  n = placement.processes_per_run
+  if n == 1:
+    return [task.remote(spec)], None
+  from ray.util import placement_group  # pylint: disable=g-import-not-at-top
+  from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # pylint: disable=g-import-not-at-top
+  bundle = {'CPU': cpus, **({'GPU': gpus} if gpus else {}), **dict(placement.resources)}
+  # On a cluster one process per node (a pod slice's hosts); the embedded instance is one node.
+  group = placement_group([bundle] * n,
+                          strategy='PACK' if placement.cluster == 'local' else 'STRICT_SPREAD')
+  ray.get(group.ready())
+  at = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+  address = ray.get(ray.remote(_free_address).options(num_cpus=0, scheduling_strategy=at(0))
+                    .remote())
+  refs = []
+  for i in range(n):
+    process = dict(spec, log=spec['log'] if i == 0 else None,
+                   distributed={'initialize': 'on', 'coordinator_address': address,
+                                'num_processes': n, 'process_id': i})
+    refs.append(task.options(max_calls=1, scheduling_strategy=at(i)).remote(process))
+  return refs, group
+
+
+def _train_on_ray(todo, results_dir, placement, varying, progress) -> dict:
+  import ray  # pylint: disable=g-import-not-at-top
+  # Runs that ask for other XLA flags than a reused worker started with, GPUs, or
+  # jax.distributed each need a fresh worker; else workers are reused and JAX imports once.
+  asks = {tuple(xla_flags.wanted(run.config)) for run in todo}
+  fresh = len(asks) > 1 or placement.gpus_per_run > 0
+  running = {}  # process 0's ref -> (run, all refs, placement group, started)
+  rows = {}
+  stop = {'signum': None}
+
+  def forward(signum, frame):
+    del frame
+    stop['signum'] = stop['signum'] or signum
+    for _, refs, _, _ in running.values():
+      for ref in refs:
+        ray.cancel(ref)  # SIGINT in the worker: the trainer saves and returns 'stopped'.
+
+  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    for run in todo:
+      refs, group = _submit(ray, run, results_dir, placement, fresh)
+      running[refs[0]] = (run, refs, group, time.perf_counter())
+      progress.line(run.name, f'submitted ({progress.done[run.name]}/'
+                              f'{progress.total[run.name]} steps done before), log in '
+                              f'logs/{run.name}.log')
+    while running:
+      done, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+      for ref in done:
+        run, refs, group, started = running.pop(ref)
+        outcome = _outcome(ray, run, refs, results_dir, time.perf_counter() - started)
+        if group is not None:
+          ray.util.remove_placement_group(group)
+        rows[run.name] = _finish(run, results_dir, varying, progress, outcome)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if stop['signum'] is not None:
+    print(f'Sweep stopped by {signal.Signals(stop["signum"]).name}; the runs saved checkpoints. '
+          'Rerun the same command to resume.', file=sys.stderr, flush=True)
+    raise SystemExit(128 + stop['signum'])
+  return rows
+
+
+def _outcome(ray, run, refs, results_dir, seconds) -> dict:
+  """Process 0's outcome of a finished task, or a failed one naming the log's last line."""
+  from ray import exceptions as ray_errors  # pylint: disable=g-import-not-at-top
+  try:
+    outcome = ray.get(refs[0])
+    ray.get(refs[1:])  # The other processes of a distributed run end with it.
+    return outcome
+  except ray_errors.TaskCancelledError:
+    return {'summary': None, 'status': 'stopped: cancelled', 'hardware': None,
+            'seconds': seconds}
+  except ray_errors.RayError as e:
+    last = _last_line(os.path.join(results_dir, 'logs', f'{run.name}.log'))
+    return {'summary': None, 'hardware': None, 'seconds': seconds,
+            'status': f'failed: {type(e).__name__} (after Ray\'s retries of a lost worker); '
+                      f'last log line: {last or "(empty)"}'}
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      lines = [l.strip() for l in f if l.strip()]
+    return lines[-1][:300] if lines else ''
+  except OSError:
+    return ''
+
+
+def _finish(run, results_dir, varying, progress, outcome) -> dict:
   workdir = os.path.join(results_dir, 'runs', run.name)
   side_path = _sidecar_path(results_dir, run.name)
   side = _read_json(side_path) or {}
-  side = {'wall_s': side.get('wall_s', 0.0) + seconds, 'hardware': hw or side.get('hardware'),
+  summary, status = outcome['summary'], outcome['status']
+  side = {'wall_s': side.get('wall_s', 0.0) + outcome['seconds'],
+          'hardware': outcome['hardware'] or side.get('hardware'),
+          'node': outcome.get('node') or side.get('node'),  # Ray's id of process 0's node.
           'attempts': side.get('attempts', 0) + 1,
           'report': (summary or {}).get('report', side.get('report'))}
   _write_json(side_path, side)
@@ -255,116 +478,21 @@ def _finish(run, results_dir, varying, progress, summary, status, hw, seconds) -
   return _row(run, workdir, summary if status == 'ok' else None, status, side, varying)
 
 
-def _stop(signum) -> None:
-  print(f'Sweep stopped by {signal.Signals(signum).name}; the runs saved checkpoints. Rerun the '
-        'same command to resume.', file=sys.stderr, flush=True)
-  raise SystemExit(128 + signum)
-
-
-def _run_in_process(run, results_dir, varying, progress) -> dict:
-  workdir = os.path.join(results_dir, 'runs', run.name)
-  progress.line(run.name, f'training ({progress.done[run.name]}/{progress.total[run.name]} '
-                          f'steps done before), log in logs/{run.name}.log')
-  undo = _log_to(os.path.join(results_dir, 'logs', f'{run.name}.log'))
-  started = time.perf_counter()
-  try:
-    summary, status, hw = run_one(run.config, workdir, run.report_split)
-  finally:
-    undo()
-  row = _finish(run, results_dir, varying, progress, summary, status, hw,
-                time.perf_counter() - started)
-  if status.startswith('stopped'):
-    _stop(summary.get('signal') or signal.SIGTERM)
-  return row
-
-
-def _run_in_children(todo, results_dir, jobs, varying, progress) -> dict:
-  env = dict(os.environ)
-  # Several processes share one GPU: each takes a slice of its memory instead of 75% of it.
-  env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / jobs:.3f}')
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))
-  pending = list(todo)
-  running = {}  # name -> (Popen, run, started, log file, result path)
-  rows = {}
-  stop = {'signum': None}
-
-  def forward(signum, frame):
-    stop['signum'] = stop['signum'] or signum
-    for proc, *_ in running.values():
-      if proc.poll() is None:
-        proc.send_signal(signum)
-
-  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    while pending or running:
-      while pending and len(running) < jobs and stop['signum'] is None:
-        run = pending.pop(0)
-        spec = os.path.join(results_dir, 'specs', f'{run.name}.pkl')
-        result = os.path.join(results_dir, 'specs', f'{run.name}.result.json')
-        if os.path.exists(result):
-          os.remove(result)
-        with open(spec, 'wb') as f:
-          pickle.dump({'config': run.config,
-                       'workdir': os.path.join(results_dir, 'runs', run.name),
-                       'result': result, 'report_split': run.report_split}, f)
-        log = open(os.path.join(results_dir, 'logs', f'{run.name}.log'), 'a')
-        proc = subprocess.Popen([sys.executable, '-m', 'experiments.runner', '--run_spec', spec],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        running[run.name] = (proc, run, time.perf_counter(), log, result)
-        progress.line(run.name, f'started in process {proc.pid} ({progress.done[run.name]}/'
-                                f'{progress.total[run.name]} steps done before), log in '
-                                f'logs/{run.name}.log')
-      if not pending and not running:
-        break
-      time.sleep(0.5)
-      for name in list(running):
-        proc, run, started, log, result = running[name]
-        if proc.poll() is None:
-          continue
-        log.close()
-        del running[name]
-        outcome = _read_json(result)
-        if outcome is None:
-          outcome = {'summary': None, 'hardware': None,
-                     'status': f'failed: exit code {proc.returncode} '
-                               f'(see logs/{name}.log)'}
-        rows[name] = _finish(run, results_dir, varying, progress, outcome['summary'],
-                             outcome['status'], outcome['hardware'],
-                             time.perf_counter() - started)
-      if stop['signum'] is not None and not running:
-        _stop(stop['signum'])
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-  return rows
-
-
-def _child_main(spec_path: str) -> int:
-  """`python -m experiments.runner --run_spec FILE`: one run of a sweep, in its own process."""
-  # force: importing orbax (through grain) logs with absl before any handler is set, which gives
-  # the root logger a default one; the run's INFO lines must reach this log.
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
-                      force=True)
-  with open(spec_path, 'rb') as f:
-    spec = pickle.load(f)
-  try:
-    xla_flags.apply(spec['config'])  # Before run_one starts JAX's backends.
-  except UserError as e:
-    _write_json(spec['result'], {'summary': None, 'status': f'failed: {e}', 'hardware': None})
-    return 0
-  summary, status, hw = run_one(spec['config'], spec['workdir'], spec.get('report_split'))
-  _write_json(spec['result'], {'summary': summary, 'status': status, 'hardware': hw})
-  return 0
-
-
-def main(argv=None) -> int:
-  cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--run_spec', required=True,
-                      help='a pickled run spec written by run_sweep (internal).')
-  args = parser.parse_args(argv)
-  return _child_main(args.run_spec)
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+def commands(runs: list[Run], results_dir: str) -> list[str]:
+  """One self-contained `python -m resnet_jax.main` command per run that has not finished: for
+  SLURM arrays, XManager or `gcloud ... --worker=all`. Each run's complete config is written to
+  DIR/configs/<name>.json, which configs/from_json.py reads."""
+  _check_names(runs)
+  results_dir = os.path.abspath(results_dir)
+  os.makedirs(os.path.join(results_dir, 'configs'), exist_ok=True)
+  lines = []
+  for run in runs:
+    workdir = os.path.join(results_dir, 'runs', run.name)
+    if os.path.exists(os.path.join(workdir, 'summary.json')):
+      continue
+    path = os.path.join(results_dir, 'configs', f'{run.name}.json')
+    _write_json(path, workdir_lib.as_dict(run.config))
+    config_flag = shlex.quote(f'{os.path.join(ROOT, "configs", "from_json.py")}:{path}')
+    lines.append(f'cd {shlex.quote(ROOT)} && python -m resnet_jax.main --config={config_flag} '
+                 f'--workdir={shlex.quote(workdir)}')
+  return lines

@@ -1,12 +1,14 @@
 """What every study shares: its command line, its budgets' policy and its base configs.
 
   python -m experiments.<study> --budget {smoke,cpu,paper} --results_dir DIR [--seeds N|S,S]
-      [--steps N] [--depths D,D] [--jobs N] [--dataset NAME] [--config.KEY=VALUE ...]
+      [--steps N] [--depths D,D] [--dataset NAME] [--config.KEY=VALUE ...]
+      [--cluster local|auto|ADDRESS] [--jobs N] [--cpus_per_run C] [--gpus_per_run G]
+      [--processes_per_run N] [--print_commands]
 """
 
 import argparse
-import contextlib
 import ast
+import contextlib
 import hashlib
 import importlib
 import json
@@ -14,6 +16,7 @@ import os
 
 import ml_collections
 
+from experiments import runner
 from resnet_jax.data import datasets
 from resnet_jax.errors import UserError
 
@@ -38,6 +41,28 @@ def positive_int(text: str) -> int:
 
 
 positive_int.__name__ = 'integer >= 1'  # What argparse's message calls it.
+
+
+def positive_float(text: str) -> float:
+  """argparse type: a number > 0."""
+  value = float(text)
+  if not value > 0:
+    raise ValueError(text)
+  return value
+
+
+positive_float.__name__ = 'number > 0'
+
+
+def non_negative_float(text: str) -> float:
+  """argparse type: a number >= 0."""
+  value = float(text)
+  if not value >= 0:
+    raise ValueError(text)
+  return value
+
+
+non_negative_float.__name__ = 'number >= 0'
 
 
 def seed_list(text: str) -> tuple[int, ...]:
@@ -87,8 +112,25 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
                         help="train on the first 90%% of the training split, keep the checkpoint "
                              'with the best accuracy on the last 10%% (45k/5k for CIFAR), and '
                              'report its test error.')
+  parser.add_argument('--cluster', default='local',
+                      help="where the runs train: 'local' (default), an embedded Ray instance on "
+                           "this machine, started and stopped by the study; 'auto' or "
+                           'HOST:PORT, a running Ray cluster.')
   parser.add_argument('--jobs', type=positive_int, default=1,
-                      help='runs at once, each in its own process (default 1: in this process).')
+                      help='local only: runs at once, each with 1/jobs of the cores (default 1).')
+  parser.add_argument('--cpus_per_run', type=positive_float, default=None,
+                      help='CPUs each run (each process of it) asks Ray for; default: local, '
+                           'cores / jobs; on a cluster, 1.')
+  parser.add_argument('--gpus_per_run', type=non_negative_float, default=0.0,
+                      help='GPUs each run (each process of it) asks for; a fraction shares a GPU '
+                           '(0.25: four runs on one).')
+  parser.add_argument('--processes_per_run', type=positive_int, default=1,
+                      help='processes (hosts) of each run, joined by jax.distributed: a TPU pod '
+                           "slice's hosts, or several GPU hosts.")
+  parser.add_argument('--print_commands', action='store_true',
+                      help='print one self-contained `python -m resnet_jax.main` command per '
+                           'unfinished run, for another scheduler (SLURM, XManager), and start '
+                           'nothing.')
   parser.add_argument('--dataset', choices=DATASETS, default='cifar10',
                       help='a dataset of resnet_jax/data/datasets.py with a configs/<name>.py.')
   parser.epilog = ('Any --config.KEY=VALUE (e.g. --config.optimizer=nesterov) is set in every '
@@ -216,3 +258,18 @@ def results_lock(results_dir: str):
   workdir_lib.check_writable(results_dir, flag='--results_dir')
   with workdir_lib.lock(results_dir, flag='--results_dir', holder='study'):
     yield
+
+
+def sweep(runs, args) -> list[dict]:
+  """The rows of `runs`, trained on Ray where the command line says (experiments.runner)."""
+  placement = runner.Placement(cluster=args.cluster, jobs=args.jobs,
+                               cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                               processes_per_run=args.processes_per_run)
+  return runner.run_sweep(runs, args.results_dir, placement)
+
+
+def print_commands(runs, args) -> int:
+  """--print_commands: one self-contained trainer command per unfinished run; nothing runs."""
+  for line in runner.commands(runs, args.results_dir):
+    print(line)
+  return 0

@@ -241,11 +241,11 @@ def _digits_run(seed: int) -> runner.Run:
   return runner.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
 
 
-def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path, capsys):
+def test_jobs_train_at_once_on_ray_with_the_results_of_one_at_a_time(tmp_path, capsys):
   runs = [_digits_run(0), _digits_run(1)]
-  parallel = runner.run_sweep(runs, tmp_path / 'two', jobs=2)
-  assert 'started in process' in capsys.readouterr().out
-  alone = runner.run_sweep(runs[:1], tmp_path / 'one', jobs=1)
+  parallel = runner.run_sweep(runs, tmp_path / 'two', runner.Placement(jobs=2))
+  assert 'submitted' in capsys.readouterr().out
+  alone = runner.run_sweep(runs[:1], tmp_path / 'one')
   assert [r['status'] for r in parallel] == ['ok', 'ok']
   for key in ('train_error', 'test_error', 'eval_examples', 'steps'):
     assert parallel[0][key] == alone[0][key], key
@@ -253,7 +253,7 @@ def test_jobs_train_in_child_processes_with_the_results_of_one_process(tmp_path,
       parallel[0]['train_error'] != parallel[1]['train_error'])  # Two seeds, two runs.
   assert (tmp_path / 'two' / 'logs' / 'digits-s1.log').stat().st_size > 0
   # A rerun with jobs=2 trains nothing.
-  again = runner.run_sweep(runs, tmp_path / 'two', jobs=2)
+  again = runner.run_sweep(runs, tmp_path / 'two', runner.Placement(jobs=2))
   assert capsys.readouterr().out.count('finished before, skipped') == 2
   assert [r['test_error'] for r in again] == [r['test_error'] for r in parallel]
 
@@ -320,7 +320,7 @@ def test_a_run_process_sets_its_config_xla_and_a_contradiction_fails_only_that_r
   run = _digits_run(0)
   run.config.xla.cpu_concurrency_optimized_scheduler = False
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_concurrency_optimized_scheduler=true')
-  [row] = runner.run_sweep([run], tmp_path, jobs=2)
+  [row] = runner.run_sweep([run], tmp_path, runner.Placement(jobs=2))
   assert row['status'] == (
       'failed: config.xla.cpu_concurrency_optimized_scheduler=False contradicts XLA_FLAGS, which '
       'sets --xla_cpu_enable_concurrency_optimized_scheduler=true; drop one of them.')
