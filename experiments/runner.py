@@ -330,7 +330,9 @@ def _ray(placement: Placement):
   kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                 runtime_env=runtime_env)
   if placement.cluster == 'local':
-    kwargs.update(num_cpus=hardware.cpu_count(),
+    # address='local' starts a new instance even where a cluster runs (RAY_ADDRESS, or one
+    # started on this machine), which ray.init() alone would join.
+    kwargs.update(address='local', num_cpus=hardware.cpu_count(),
                   # Nothing of the instance leaves this machine's loopback interface.
                   _node_ip_address='127.0.0.1',
                   # The object store holds only the runs' small outcomes.
@@ -365,10 +367,12 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
   spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
           'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
           'report_split': run.report_split}
-  task = ray.remote(train_task).options(
-      num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
-      max_retries=placement.max_retries, max_calls=1 if fresh_worker else 0, name=run.name)
   n = placement.processes_per_run
+  # max_calls is the remote function's own (options cannot set it): 1 gives each run a fresh
+  # worker, 0 reuses workers.
+  task = ray.remote(max_calls=1 if fresh_worker or n > 1 else 0)(train_task).options(
+      num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
+      max_retries=placement.max_retries, name=run.name)
   if n == 1:
     return [task.remote(spec)], None
   from ray.util import placement_group  # pylint: disable=g-import-not-at-top
@@ -386,7 +390,7 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
     process = dict(spec, log=spec['log'] if i == 0 else None,
                    distributed={'initialize': 'on', 'coordinator_address': address,
                                 'num_processes': n, 'process_id': i})
-    refs.append(task.options(max_calls=1, scheduling_strategy=at(i)).remote(process))
+    refs.append(task.options(scheduling_strategy=at(i)).remote(process))
   return refs, group
 
 
