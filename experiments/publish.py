@@ -160,6 +160,8 @@ def publish(results_dir: str, *, study: str, title: str, budget: str, rows: list
   num_failed = sum(map(failed, rows))
   print(f'Wrote {os.path.join(results_dir, "results.md")} ({len(rows)} runs, {num_failed} '
         'failed).', flush=True)
+  for row in filter(failed, rows):  # Each with its reason (a lost one's log's last line).
+    print(f'error: run {row["workdir"].rsplit("/", 1)[-1]} {row["status"]}', file=sys.stderr)
   return 1 if num_failed else 0
 
 

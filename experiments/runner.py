@@ -179,7 +179,7 @@ def _log_to(path: str | None):
     handler.close()
 
 
-def train_task(spec: dict) -> dict:
+def train_task(spec: dict, coordinator: str | None = None) -> dict:
   """One process of one run, on a Ray worker: its outcome (summary, status, hardware, seconds).
 
   The trainer saves a checkpoint and returns 'stopped' on SIGTERM, which Ray sends when the
@@ -193,7 +193,8 @@ def train_task(spec: dict) -> dict:
       if spec.get('distributed'):
         from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
         config = config.copy_and_resolve_references()
-        config.distributed.update(spec['distributed'])
+        config.distributed.update(spec['distributed'], initialize='on',
+                                  coordinator_address=coordinator)
         parallel.initialize_distributed(config.distributed)
     except (UserError, RunError) as e:
       return {'summary': None, 'status': f'failed: {e}', 'hardware': None, 'seconds': 0.0}
@@ -312,7 +313,8 @@ def run_sweep(runs: list[Run], results_dir: str, placement: Placement = Placemen
   progress = _Progress(runs, results_dir)
   rows, todo = _finished(runs, results_dir, varying, progress)
   if todo:
-    with _ray(placement):
+    with _ray(placement) as ray:
+      _check_fits(placement, ray)
       rows.update(_train_on_ray(todo, results_dir, placement, varying, progress))
   return [rows[run.name] for run in runs]
 
@@ -333,11 +335,10 @@ def _ray(placement: Placement):
     # address='local' starts a new instance even where a cluster runs (RAY_ADDRESS, or one
     # started on this machine), which ray.init() alone would join.
     kwargs.update(address='local', num_cpus=hardware.cpu_count(),
-                  # Nothing of the instance leaves this machine's loopback interface.
-                  _node_ip_address='127.0.0.1',
                   # The object store holds only the runs' small outcomes.
                   object_store_memory=80 * 2**20)
   else:
+    _check_reachable(placement.cluster)
     kwargs['address'] = placement.cluster
   started = not ray.is_initialized()
   if started:
@@ -353,45 +354,88 @@ def _ray(placement: Placement):
       ray.shutdown()
 
 
+def _check_fits(placement: Placement, ray) -> None:
+  """UserError for a run that the embedded instance can never place (Ray would wait for ever).
+
+  A cluster is not checked: its autoscaler may add the nodes a run asks for."""
+  if placement.cluster != 'local':
+    return
+  cpus, gpus = _resources(placement, ray)
+  have = ray.cluster_resources()
+  n = placement.processes_per_run
+  for name, each, flag in (('CPU', cpus, '--cpus_per_run'), ('GPU', gpus, '--gpus_per_run'),
+                           *((k, v, '--resources') for k, v in placement.resources)):
+    if each * n > have.get(name, 0) + 1e-9:
+      raise UserError(f'{flag}: each run asks for {each:g} {name} x {n} process(es), but this '
+                      f'machine has {have.get(name, 0):g}; ask for less, or use --cluster.')
+
+
+def _check_reachable(address: str) -> None:
+  """UserError for a HOST:PORT that nothing answers at: ray.init would retry it for minutes."""
+  host, sep, port = address.rpartition(':')
+  if not sep or not port.isdigit() or '://' in address:
+    return  # 'auto', or a ray:// client address: Ray resolves and reports these itself.
+  try:
+    socket.create_connection((host.strip('[]'), int(port)), timeout=10).close()
+  except OSError as e:
+    raise UserError(f'--cluster={address}: no Ray cluster answers there ({e.strerror or e}); '
+                    'start one (`ray start --head`), give its head\'s HOST:PORT, or use '
+                    '--cluster=local.') from None
+
+
 def _resources(placement: Placement, ray) -> tuple[float, float]:
+  """(CPUs, GPUs) of each process of a run."""
   cpus = placement.cpus_per_run
   if cpus is None:
-    cpus = (ray.cluster_resources().get('CPU', 1) / placement.jobs
+    cpus = (ray.cluster_resources().get('CPU', 1) / (placement.jobs * placement.processes_per_run)
             if placement.cluster == 'local' else 1)
   return cpus, placement.gpus_per_run
 
 
 def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker: bool):
-  """(refs of the run's processes, placement group or None); the first ref is process 0's."""
+  """(refs of the run's processes, placement group or None); the first ref is process 0's.
+
+  Nothing here waits: the processes of a multi-process run start once Ray has reserved their
+  placement group, and each receives the coordinator address that a task on the first bundle
+  picked (a free port on its node), so runs queued behind others do not hold up the sweep."""
   cpus, gpus = _resources(placement, ray)
   spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
           'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
           'report_split': run.report_split}
   n = placement.processes_per_run
-  # max_calls is the remote function's own (options cannot set it): 1 gives each run a fresh
+  # max_calls belongs to the remote function (options cannot set it): 1 gives each run a fresh
   # worker, 0 reuses workers.
-  task = ray.remote(max_calls=1 if fresh_worker or n > 1 else 0)(train_task).options(
-      num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
-      max_retries=placement.max_retries, name=run.name)
+  task = ray.remote(max_calls=1 if fresh_worker or n > 1 else 0)(train_task)
+  # A lost process of a one-process run is retried by Ray; a multi-process run is restarted
+  # whole by the sweep (_train_on_ray), since its other processes cannot go on alone.
+  options = dict(num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
+                 max_retries=placement.max_retries if n == 1 else 0, name=run.name)
   if n == 1:
-    return [task.remote(spec)], None
+    return [task.options(**options).remote(spec)], None
   from ray.util import placement_group  # pylint: disable=g-import-not-at-top
   from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # pylint: disable=g-import-not-at-top
   bundle = {'CPU': cpus, **({'GPU': gpus} if gpus else {}), **dict(placement.resources)}
   # On a cluster one process per node (a pod slice's hosts); the embedded instance is one node.
   group = placement_group([bundle] * n,
                           strategy='PACK' if placement.cluster == 'local' else 'STRICT_SPREAD')
-  ray.get(group.ready())
   at = lambda i: PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
-  address = ray.get(ray.remote(_free_address).options(num_cpus=0, scheduling_strategy=at(0))
-                    .remote())
+  address = ray.remote(_free_address).options(num_cpus=0, scheduling_strategy=at(0)).remote()
   refs = []
   for i in range(n):
     process = dict(spec, log=spec['log'] if i == 0 else None,
-                   distributed={'initialize': 'on', 'coordinator_address': address,
-                                'num_processes': n, 'process_id': i})
-    refs.append(task.options(scheduling_strategy=at(i)).remote(process))
+                   distributed={'num_processes': n, 'process_id': i})
+    refs.append(task.options(**options, scheduling_strategy=at(i)).remote(process, address))
   return refs, group
+
+
+@dataclasses.dataclass
+class _Running:
+  """A run's processes on Ray, from its (latest) submission."""
+  run: Run
+  refs: list
+  group: object            # its placement group, or None for a one-process run
+  started: float
+  restarts: int = 0        # of a multi-process run whose process was lost
 
 
 def _train_on_ray(todo, results_dir, placement, varying, progress) -> dict:
@@ -400,33 +444,56 @@ def _train_on_ray(todo, results_dir, placement, varying, progress) -> dict:
   # jax.distributed each need a fresh worker; else workers are reused and JAX imports once.
   asks = {tuple(xla_flags.wanted(run.config)) for run in todo}
   fresh = len(asks) > 1 or placement.gpus_per_run > 0
-  running = {}  # process 0's ref -> (run, all refs, placement group, started)
+  running: dict[str, _Running] = {}
+  ready = set()  # refs that finished, of runs whose other processes still run
   rows = {}
   stop = {'signum': None}
 
   def forward(signum, frame):
     del frame
     stop['signum'] = stop['signum'] or signum
-    for _, refs, _, _ in running.values():
-      for ref in refs:
+    for entry in running.values():
+      for ref in entry.refs:
         ray.cancel(ref)  # SIGINT in the worker: the trainer saves and returns 'stopped'.
+
+  def submit(run):
+    refs, group = _submit(ray, run, results_dir, placement, fresh)
+    return _Running(run, refs, group, time.perf_counter())
 
   previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     for run in todo:
-      refs, group = _submit(ray, run, results_dir, placement, fresh)
-      running[refs[0]] = (run, refs, group, time.perf_counter())
+      running[run.name] = submit(run)
       progress.line(run.name, f'submitted ({progress.done[run.name]}/'
                               f'{progress.total[run.name]} steps done before), log in '
                               f'logs/{run.name}.log')
     while running:
-      done, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
-      for ref in done:
-        run, refs, group, started = running.pop(ref)
-        outcome = _outcome(ray, run, refs, results_dir, time.perf_counter() - started)
-        if group is not None:
-          ray.util.remove_placement_group(group)
-        rows[run.name] = _finish(run, results_dir, varying, progress, outcome)
+      waiting = [ref for entry in running.values() for ref in entry.refs if ref not in ready]
+      ready.update(ray.wait(waiting, num_returns=1, timeout=5.0)[0])
+      for name, entry in list(running.items()):
+        done = [ref for ref in entry.refs if ref in ready]
+        lost = _lost(ray, done)
+        if lost is None and len(done) < len(entry.refs):
+          continue  # Still training.
+        if lost is not None and len(entry.refs) > 1:
+          # One process of a jax.distributed run is gone: its peers cannot go on without it.
+          for ref in entry.refs:
+            ray.cancel(ref, force=True)
+          ray.util.remove_placement_group(entry.group)
+          if entry.restarts < placement.max_retries and stop['signum'] is None:
+            running[name] = dataclasses.replace(submit(entry.run), started=entry.started,
+                                                restarts=entry.restarts + 1)
+            progress.line(name, f'a process was lost ({type(lost).__name__}); restarted '
+                                f'({entry.restarts + 1} of {placement.max_retries}), resuming '
+                                'from its last checkpoint')
+            continue
+        del running[name]
+        ready.difference_update(entry.refs)
+        outcome = _outcome(ray, entry.run, entry.refs, results_dir,
+                           time.perf_counter() - entry.started)
+        if entry.group is not None and lost is None:
+          ray.util.remove_placement_group(entry.group)
+        rows[name] = _finish(entry.run, results_dir, varying, progress, outcome)
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
@@ -437,8 +504,23 @@ def _train_on_ray(todo, results_dir, placement, varying, progress) -> dict:
   return rows
 
 
+def _lost(ray, refs):
+  """The Ray error of the first of `refs` (finished) whose process was lost, else None.
+
+  A process that returned, failed in Python or was cancelled was not lost."""
+  from ray import exceptions as ray_errors  # pylint: disable=g-import-not-at-top
+  for ref in refs:
+    try:
+      ray.get(ref, timeout=0)
+    except (ray_errors.TaskCancelledError, ray_errors.RayTaskError):
+      continue
+    except ray_errors.RayError as e:
+      return e
+  return None
+
+
 def _outcome(ray, run, refs, results_dir, seconds) -> dict:
-  """Process 0's outcome of a finished task, or a failed one naming the log's last line."""
+  """Process 0's outcome of a finished run, or a failed one naming the log's last line."""
   from ray import exceptions as ray_errors  # pylint: disable=g-import-not-at-top
   try:
     outcome = ray.get(refs[0])

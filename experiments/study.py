@@ -3,7 +3,7 @@
   python -m experiments.<study> --budget {smoke,cpu,paper} --results_dir DIR [--seeds N|S,S]
       [--steps N] [--depths D,D] [--dataset NAME] [--config.KEY=VALUE ...]
       [--cluster local|auto|ADDRESS] [--jobs N] [--cpus_per_run C] [--gpus_per_run G]
-      [--processes_per_run N] [--print_commands]
+      [--resources NAME=N,...] [--processes_per_run N] [--print_commands]
 """
 
 import argparse
@@ -84,6 +84,17 @@ seed_list.__name__ = 'count (3) or list of seeds (3,4)'
 int_list.__name__ = 'comma-separated list of integers >= 1'
 
 
+def resource_list(text: str) -> tuple[tuple[str, float], ...]:
+  """argparse type: custom Ray resources, NAME=N comma-separated ('TPU=4')."""
+  pairs = [part.partition('=') for part in text.split(',')]
+  if any(not name or sep != '=' for name, sep, _ in pairs):
+    raise ValueError(text)
+  return tuple((name, positive_float(n)) for name, _, n in pairs)
+
+
+resource_list.__name__ = 'list of NAME=N (TPU=4)'
+
+
 # --select_on_validation: the paper's validation split of CIFAR (45k/5k of the training set) for
 # choosing the checkpoint, and the test split for reporting it.
 VALIDATION = {'train_split': 'train[:90%]', 'eval_split': 'train[90%:]', 'report_split': 'test'}
@@ -124,6 +135,9 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
   parser.add_argument('--gpus_per_run', type=non_negative_float, default=0.0,
                       help='GPUs each run (each process of it) asks for; a fraction shares a GPU '
                            '(0.25: four runs on one).')
+  parser.add_argument('--resources', type=resource_list, default=(),
+                      help='custom Ray resources each run (each process of it) asks for, e.g. '
+                           "TPU=4 for a TPU VM host's chips.")
   parser.add_argument('--processes_per_run', type=positive_int, default=1,
                       help='processes (hosts) of each run, joined by jax.distributed: a TPU pod '
                            "slice's hosts, or several GPU hosts.")
@@ -264,7 +278,8 @@ def sweep(runs, args) -> list[dict]:
   """The rows of `runs`, trained on Ray where the command line says (experiments.runner)."""
   placement = runner.Placement(cluster=args.cluster, jobs=args.jobs,
                                cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                               processes_per_run=args.processes_per_run)
+                               processes_per_run=args.processes_per_run,
+                               resources=args.resources)
   return runner.run_sweep(runs, args.results_dir, placement)
 
 

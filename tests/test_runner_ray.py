@@ -1,22 +1,22 @@
 """experiments.runner on a real Ray cluster: a head and a worker node on this machine, bound to
 127.0.0.1 (ray.cluster_utils.Cluster), stopped by the tests. No mock of Ray."""
 
+import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
-import numpy as np
 import pytest
 
 from configs import quickstart
 from experiments import runner, study
-from resnet_jax.errors import UserError
 from resnet_jax.train import workdir as workdir_lib
 from tests import helpers
 
 ray = pytest.importorskip('ray')
+# One xdist worker runs them all, in order: the cluster tests share (and replace) its nodes.
+pytestmark = pytest.mark.xdist_group('ray_cluster')
 
 
 def _run(seed: int, steps: int = 20) -> runner.Run:
@@ -25,13 +25,6 @@ def _run(seed: int, steps: int = 20) -> runner.Run:
   study.apply_budget(config, steps=steps, batch_size=64, eval_split='test', evals=2, paper=False,
                      warmup_steps=0, unrolled=True)
   return runner.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
-
-
-def test_a_second_sweep_on_one_results_dir_is_refused_before_it_writes(tmp_path):
-  with workdir_lib.lock(str(tmp_path), holder='sweep', flag='--results_dir'):
-    with pytest.raises(UserError, match=r'--results_dir=.* is in use by another sweep \(pid '):
-      runner.run_sweep([_run(0)], tmp_path)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['.lock']
 
 
 def test_print_commands_gives_a_self_contained_trainer_command_per_unfinished_run(tmp_path):
@@ -65,7 +58,7 @@ def cluster():
       'object_store_memory': 80 * 2**20})
   worker = nodes.add_node(**WORKER)
   nodes.wait_for_nodes()
-  yield nodes, worker
+  yield [nodes, worker]  # A test that replaces the worker node puts the new one here.
   nodes.shutdown()
 
 
@@ -93,50 +86,76 @@ def test_a_sweep_spread_over_two_nodes_gives_the_local_results(cluster, referenc
   assert len(nodes_used) == 2  # One run on each node (each asks for one node's only CPU).
 
 
+def _sweep_in_a_driver_process(results_dir, placement: str, steps: int, devices: int = 8):
+  """A sweep of _run(0, steps) in a driver process of its own, as a study command is; Ray starts
+  nodes only from a main thread, which the test keeps for that. Its row's numbers come back."""
+  code = ('import json; from experiments import runner; from tests import test_runner_ray as t; '
+          f'[row] = runner.run_sweep([t._run(0, steps={steps})], {str(results_dir)!r}, '
+          f'runner.Placement({placement})); '
+          'print(json.dumps({k: row[k] for k in ("status", *t.RESULT)}))')
+  return subprocess.Popen([sys.executable, '-c', code], cwd=helpers.ROOT,
+                          env=helpers.env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _kill_the_worker_node_at(checkpoint, nodes, worker, driver):
+  """Removes the worker node once `checkpoint` is saved (its raylet and workers die, a run's
+  process with them) and starts a new one, where Ray can place the run again."""
+  deadline = time.time() + 600
+  while (time.time() < deadline and not (checkpoint / '_CHECKPOINT_METADATA').exists()
+         and driver.poll() is None):
+    time.sleep(0.1)
+  nodes.remove_node(worker)
+  return nodes.add_node(**WORKER)
+
+
+def _numbers(driver) -> dict:
+  out, err = driver.communicate(timeout=900)
+  assert driver.returncode == 0, err[-3000:]
+  return json.loads(out.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_a_run_whose_node_dies_resumes_elsewhere_with_the_same_numbers(cluster, tmp_path):
-  nodes, worker = cluster  # Last of the module's cluster tests: it replaces the worker node.
-  run = _run(0, steps=200)  # Checkpoints at 100 and 200: the node dies between them.
-  checkpoints = tmp_path / 'killed' / 'runs' / run.name / 'checkpoints'
-
-  def kill_the_worker_node_after_the_first_checkpoint():
-    deadline = time.time() + 300
-    while time.time() < deadline and not (checkpoints / '100').exists():
-      time.sleep(0.1)
-    nodes.remove_node(worker)  # Its raylet and workers die, the run's process with them.
-    nodes.add_node(**WORKER)  # Where Ray retries the run.
-
-  killer = threading.Thread(target=kill_the_worker_node_after_the_first_checkpoint, daemon=True)
-  killer.start()
+  nodes, worker = cluster  # The module's last tests: they replace the worker node.
   # The run asks for the worker node's resource: it trains there, and after the kill on the
-  # node that replaces it.
-  [row] = runner.run_sweep([run], tmp_path / 'killed', runner.Placement(
-      cluster=nodes.address, cpus_per_run=1, resources=(('worker_node', 1),)))
-  killer.join()
-  assert row['status'] == 'ok', row
-  log = (tmp_path / 'killed' / 'logs' / f'{run.name}.log').read_text()
-  assert 'Resumed from' in log and 'at step 100.' in log  # The kill came mid-run.
-  [whole] = runner.run_sweep([run], tmp_path / 'whole')  # Uninterrupted, on the local instance.
-  assert {k: row[k] for k in RESULT} == {k: whole[k] for k in RESULT}
+  # node that replaces it. It checkpoints at 50 and 100 steps; the node dies between them.
+  driver = _sweep_in_a_driver_process(tmp_path / 'killed', f'cluster={nodes.address!r}, '
+                                      "cpus_per_run=1, resources=(('worker_node', 1),)",
+                                      steps=100)
+  run_dir = tmp_path / 'killed' / 'runs' / 'digits-s0'
+  cluster[1] = _kill_the_worker_node_at(run_dir / 'checkpoints' / '50', nodes, worker, driver)
+  killed = _numbers(driver)
+  assert killed['status'] == 'ok', killed
+  log = (tmp_path / 'killed' / 'logs' / 'digits-s0.log').read_text()
+  assert 'Resumed from' in log and 'at step 50.' in log  # The kill came mid-run.
+  [whole] = runner.run_sweep([_run(0, steps=100)], tmp_path / 'whole')  # Without a break.
+  assert {k: whole[k] for k in killed} == killed
 
 
 @pytest.mark.slow
-def test_a_two_process_run_in_a_sweep_trains_as_the_trainer_s_two_processes(tmp_path,
-                                                                            monkeypatch):
-  """Each process gets 2 CPU devices; the same two processes started by hand (test_multihost's
-  launcher, which test_multihost holds to one process x 4 devices) give the same losses."""
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  run = _run(0, steps=6)
-  run.config.log_every_steps = 1
-  [row] = runner.run_sweep([run], tmp_path / 'ray', runner.Placement(
-      cpus_per_run=1, processes_per_run=2))
-  assert row['status'] == 'ok', row
-  by_hand = tmp_path / 'by_hand'
-  config = os.path.join(helpers.ROOT, 'configs', 'from_json.py')
-  [command] = runner.commands([run], tmp_path / 'plain')
-  path = command.split(':', 1)[1].split()[0]
-  helpers.run_distributed(by_hand, config=f'{config}:{path}')
-  np.testing.assert_allclose(helpers.train_losses(tmp_path / 'ray' / 'runs' / run.name),
-                             helpers.train_losses(by_hand), rtol=1e-6)
-  log = (tmp_path / 'ray' / 'logs' / f'{run.name}.log').read_text()
+def test_a_two_process_run_that_loses_a_node_restarts_whole_and_ends_as_the_trainer_does(
+    cluster, tmp_path):
+  """One process on each node (STRICT_SPREAD), 2 CPU devices each, joined by jax.distributed:
+  the worker node dies after the first checkpoint, the sweep stops the surviving process and
+  starts both again from that checkpoint. The run ends with the state of the same two processes
+  started by hand (test_multihost's launcher) and run without a break."""
+  nodes, worker = cluster
+  driver = _sweep_in_a_driver_process(
+      tmp_path / 'killed', f'cluster={nodes.address!r}, cpus_per_run=1, processes_per_run=2',
+      steps=100, devices=2)
+  run_dir = tmp_path / 'killed' / 'runs' / 'digits-s0'
+  cluster[1] = _kill_the_worker_node_at(run_dir / 'checkpoints' / '50', nodes, worker, driver)
+  killed = _numbers(driver)
+  assert killed['status'] == 'ok', killed
+  log = (tmp_path / 'killed' / 'logs' / 'digits-s0.log').read_text()
+  assert 'Resumed from' in log and 'at step 50.' in log
   assert 'process 0 of 2' in log and 'process 1 of 2' not in log  # Process 0 writes the log.
+  by_hand = tmp_path / 'by_hand'
+  [command] = runner.commands([_run(0, steps=100)], tmp_path / 'plain')
+  config = os.path.join(helpers.ROOT, 'configs', 'from_json.py')
+  helpers.run_distributed(by_hand, config=f'{config}:{command.split(":", 1)[1].split()[0]}')
+  (step, state), (hand_step, hand_state) = helpers.final_params(run_dir), helpers.final_params(
+      by_hand)
+  assert step == hand_step == 100
+  helpers.assert_trees_equal(state, hand_state)
