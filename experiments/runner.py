@@ -263,6 +263,8 @@ def check_placement(placement: Placement) -> None:
   if placement.cluster != 'local' and placement.jobs != 1:
     raise UserError('--jobs applies to the embedded local instance only; on a cluster, size the '
                     'runs with --cpus_per_run and --gpus_per_run and Ray places them.')
+  if placement.cluster != 'local':
+    _check_reachable(placement.cluster)
 
 
 def _finished(runs, results_dir, varying, progress) -> tuple[dict, list[Run]]:
@@ -338,7 +340,6 @@ def _ray(placement: Placement):
                   # The object store holds only the runs' small outcomes.
                   object_store_memory=80 * 2**20)
   else:
-    _check_reachable(placement.cluster)
     kwargs['address'] = placement.cluster
   started = not ray.is_initialized()
   if started:

@@ -169,6 +169,12 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
   args.variant = ('' if args.steps is None and not args.overrides and not selected else
                   '-v' + hashlib.sha1(json.dumps(changed).encode()).hexdigest()[:6])
   args.report_split = VALIDATION['report_split'] if selected else None
+  args.placement = runner.Placement(
+      cluster=args.cluster, jobs=args.jobs, cpus_per_run=args.cpus_per_run,
+      gpus_per_run=args.gpus_per_run, processes_per_run=args.processes_per_run,
+      resources=args.resources)
+  if not args.print_commands:  # Before anything is written: a placement that cannot work.
+    runner.check_placement(args.placement)
   return args
 
 
@@ -276,11 +282,7 @@ def results_lock(results_dir: str):
 
 def sweep(runs, args) -> list[dict]:
   """The rows of `runs`, trained on Ray where the command line says (experiments.runner)."""
-  placement = runner.Placement(cluster=args.cluster, jobs=args.jobs,
-                               cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                               processes_per_run=args.processes_per_run,
-                               resources=args.resources)
-  return runner.run_sweep(runs, args.results_dir, placement)
+  return runner.run_sweep(runs, args.results_dir, args.placement)
 
 
 def print_commands(runs, args) -> int:

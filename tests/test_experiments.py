@@ -340,7 +340,14 @@ def test_a_bad_count_or_setting_is_one_line_before_anything_runs(module, tmp_pat
            (['--config.batch_size=big'], "--config.batch_size=big: batch_size takes int values"),
            (['--stesp=3'], "unrecognized argument '--stesp=3'"),
            (['--config.warmup_rule=loss'], "config.warmup_rule='loss' is not allowed"),
-           (['--config.model.shortcut=Q'], "config.model: shortcut='Q' is not allowed")]
+           (['--config.model.shortcut=Q'], "config.model: shortcut='Q' is not allowed"),
+           (['--resources=TPU'], "argument --resources: invalid list of NAME=N (TPU=4) value: "
+                                 "'TPU'"),
+           (['--gpus_per_run=-1'], "argument --gpus_per_run: invalid number >= 0 value: '-1'"),
+           (['--cluster=127.0.0.1:1'], '--cluster=127.0.0.1:1: no Ray cluster answers there '
+                                       '(Connection refused); start one'),
+           (['--cluster=auto', '--jobs=2'], '--jobs applies to the embedded local instance '
+                                            'only')]
   results = helpers.run_modules([
       (module, ['--budget=smoke', f'--results_dir={tmp_path / "r"}', *args], None)
       for args, _ in cases])

@@ -11,6 +11,7 @@ import pytest
 
 from configs import quickstart
 from experiments import runner, study
+from resnet_jax.errors import UserError
 from resnet_jax.train import workdir as workdir_lib
 from tests import helpers
 
@@ -25,6 +26,17 @@ def _run(seed: int, steps: int = 20) -> runner.Run:
   study.apply_budget(config, steps=steps, batch_size=64, eval_split='test', evals=2, paper=False,
                      warmup_steps=0, unrolled=True)
   return runner.Run(name=f'digits-s{seed}', config=config, meta={'seed': seed})
+
+
+def test_a_run_the_embedded_instance_can_never_hold_is_one_line_and_trains_nothing(tmp_path):
+  with pytest.raises(UserError, match=r'--cpus_per_run: each run asks for 64 CPU x 1 process\(es\)'
+                                      r', but this machine has \d+; ask for less, or use '
+                                      r'--cluster\.'):
+    runner.run_sweep([_run(0)], tmp_path, runner.Placement(cpus_per_run=64))
+  with pytest.raises(UserError, match=r'--resources: each run asks for 1 TPU x 2 process'):
+    runner.run_sweep([_run(0)], tmp_path, runner.Placement(resources=(('TPU', 1),),
+                                                           processes_per_run=2))
+  assert not list((tmp_path / 'runs').iterdir())
 
 
 def test_print_commands_gives_a_self_contained_trainer_command_per_unfinished_run(tmp_path):
