@@ -150,6 +150,9 @@ def run_one(config, workdir: str, report_split: str | None = None
                            'val_accuracy': float(val_accuracy),
                            'accuracy': result['eval/accuracy'],
                            'num_examples': result['eval/num_examples']}
+  except workdir_lib.WorkdirInUse as e:
+    # The run's state: another process (a trainer started by hand, say) is training it now.
+    return None, f'in use: {e}', hw
   except (UserError, RunError) as e:
     return None, f'failed: {e}', hw
   if summary.get('stopped'):

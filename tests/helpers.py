@@ -1,5 +1,6 @@
 """Running the trainer's command line in a subprocess, as a user would."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -157,6 +158,13 @@ def workdir_files(workdir) -> list[str]:
   """What a run wrote to `workdir`; the run's lock file, taken before the data is read, aside."""
   root = pathlib.Path(workdir)
   return sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.name != '.lock')
+
+
+def tree_digest(root) -> dict:
+  """{relative path: sha256} of every file under `root`: to show that nothing there changed."""
+  root = pathlib.Path(root)
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob('*')) if p.is_file()}
 
 
 def shared_tfds_dataset(name: str = 'cifar10', version: str = '3.0.2') -> pathlib.Path | None:

@@ -39,6 +39,21 @@ def test_a_run_the_embedded_instance_can_never_hold_is_one_line_and_trains_nothi
   assert not list((tmp_path / 'runs').iterdir())
 
 
+def test_a_run_that_a_trainer_outside_the_sweep_holds_is_reported_in_use_and_left_alone(
+    tmp_path):
+  """issue 21: the row says what the run's own state is (trained by another process now),
+  not 'failed', and nothing in its workdir changes."""
+  workdir = tmp_path / 'runs' / 'digits-s0'
+  workdir.mkdir(parents=True)
+  (workdir / 'metrics.jsonl').write_text('{"step": 1}\n')
+  with workdir_lib.lock(str(workdir)):  # As `python -m resnet_jax.main --workdir=...` holds it.
+    before = helpers.tree_digest(workdir)
+    [row] = runner.run_sweep([_run(0)], tmp_path)
+    assert helpers.tree_digest(workdir) == before
+  assert row['status'].startswith(f'in use: --workdir={workdir} is in use by another run (pid '
+                                  f'{os.getpid()} on '), row['status']
+
+
 def test_print_commands_gives_a_self_contained_trainer_command_per_unfinished_run(tmp_path):
   runs = [_run(0, steps=10), _run(1, steps=10)]
   first, second = runner.commands(runs, tmp_path)

@@ -56,6 +56,10 @@ class WorkdirError(UserError):
   """A workdir that cannot be used: not writable, in use, or holding another run."""
 
 
+class WorkdirInUse(WorkdirError):
+  """A workdir whose lock another process holds: its run is in progress there."""
+
+
 def is_local(workdir: str) -> bool:
   return '://' not in workdir
 
@@ -98,7 +102,7 @@ def lock(workdir: str, enabled: bool = True, flag: str = '--workdir', holder: st
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       who = os.pread(fd, 1000, 0).decode(errors='replace').strip() or 'another process'
-      raise WorkdirError(
+      raise WorkdirInUse(
           f'{flag}={workdir} is in use by another {holder} ({who}); wait for it to finish, '
           f'stop it, or choose another {flag}.') from None
     try:
