@@ -26,7 +26,8 @@ def test_a_quick_profile_prints_the_table(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.op_profile', '--config=configs/quickstart.py',
        '--config.batch_size=16', '--warmup=1', '--steps=1', '--notorch'],
-      cwd=helpers.ROOT, env=helpers.env(devices=1), capture_output=True, text=True, timeout=600)
+      cwd=helpers.ROOT, env=helpers.env(devices=1), capture_output=True, text=True,
+                                        timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line.split('|')[1].strip(): line for line in result.stdout.splitlines()
           if line.startswith('| ')}
@@ -41,6 +42,6 @@ def test_a_quick_profile_prints_the_table(tmp_path):
 def test_a_bad_workload_is_one_line():
   result = subprocess.run([sys.executable, '-m', 'benchmarks.op_profile', '--workload=r20'],
                           cwd=helpers.ROOT, env=helpers.env(devices=1), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=helpers.HANG_S)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: --workload='r20' is not one of")

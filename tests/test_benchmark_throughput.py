@@ -37,7 +37,7 @@ def _benchmark(tmp_path, *args):
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
   env['PYTHONPATH'] = os.pathsep.join(p for p in (str(stub.parent), env.get('PYTHONPATH')) if p)
   return subprocess.run([sys.executable, '-m', 'benchmarks.throughput', *args], cwd=helpers.ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+                        env=env, capture_output=True, text=True, timeout=helpers.HANG_S)
 
 
 def _table(stdout):

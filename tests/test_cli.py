@@ -21,7 +21,7 @@ def test_bad_config_values_exit_2_with_a_clear_message(tmp_path, override, expec
   env = helpers.env(devices=8)
   env['TFDS_DATA_DIR'] = str(tmp_path / 'empty_tfds')
   result = subprocess.run(helpers.main_command(tmp_path / 'run', override), cwd=helpers.ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 2, result.stderr[-2000:]
   assert expected in result.stderr
   assert 'Traceback' not in result.stderr
@@ -39,7 +39,7 @@ def test_a_training_run_never_imports_tensorflow(tmp_path):
       "print('tensorflow imported:', any(m == 'tensorflow' or m.startswith('tensorflow.')\n"
       "                                  for m in sys.modules))\n")
   result = subprocess.run([sys.executable, '-c', code], cwd=helpers.ROOT, env=helpers.env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'tensorflow imported: False' in result.stdout
 
@@ -47,7 +47,8 @@ def test_a_training_run_never_imports_tensorflow(tmp_path):
 def test_console_script_is_the_same_entry_point():
   import shutil
   script = shutil.which('resnet-jax') or str(helpers.ROOT / '.venv' / 'bin' / 'resnet-jax')
-  result = subprocess.run([script, '--helpfull'], capture_output=True, text=True, timeout=120,
+  result = subprocess.run([script, '--helpfull'], capture_output=True, text=True,
+                          timeout=helpers.HANG_S,
                           env=helpers.env())
   assert '--workdir' in result.stdout and '--config' in result.stdout
 
@@ -59,7 +60,7 @@ def test_a_relative_workdir_trains_and_checkpoints(tmp_path):
       [sys.executable, '-m', 'resnet_jax.main', f'--config={config}', '--workdir=runs/rel',
        '--config.num_train_steps=4', '--config.checkpoint_every_steps=2',
        '--config.lr_boundaries=()', '--config.warmup_steps=0'],
-      cwd=tmp_path, env=helpers.env(), capture_output=True, text=True, timeout=300)
+      cwd=tmp_path, env=helpers.env(), capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   assert helpers.checkpoint_steps(tmp_path / 'runs' / 'rel') == [2, 4]
 
@@ -79,6 +80,6 @@ def test_every_module_imports_into_one_process_and_leaves_jax_config_alone():
       "print('changed:', {k: v for k, v in jax.config.values.items() if before.get(k) != v})\n"
       "print('flags:', sorted({'config', 'workdir', 'table'} & set(flags.FLAGS)))\n")
   result = subprocess.run([sys.executable, '-c', code], cwd=helpers.ROOT, env=helpers.env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'changed: {}' in result.stdout and 'flags: []' in result.stdout, result.stdout

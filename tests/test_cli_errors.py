@@ -294,7 +294,8 @@ def test_damaged_data_ends_in_one_line_with_exit_code_2(tmp_path):
 def test_the_console_script_helpshort_lists_its_flags():
   # absl lists the flags of the module that sys.argv[0] names: the script, not resnet_jax.main.
   script = shutil.which('resnet-jax') or str(helpers.ROOT / '.venv' / 'bin' / 'resnet-jax')
-  result = subprocess.run([script, '--helpshort'], capture_output=True, text=True, timeout=120,
+  result = subprocess.run([script, '--helpshort'], capture_output=True, text=True,
+                          timeout=helpers.HANG_S,
                           env=helpers.env())
   for flag in ('--config', '--workdir'):
     assert flag in result.stdout, result.stdout

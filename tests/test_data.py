@@ -20,6 +20,7 @@ from configs import quickstart
 from resnet_jax import data, recipes
 from resnet_jax.train import step as step_lib
 from resnet_jax.data import digits
+from tests import helpers
 
 NUM_TRAIN, NUM_TEST = 1437, 360
 
@@ -266,7 +267,8 @@ def test_missing_dataset_in_tfds_data_dir_fails_fast_with_the_same_message(tmp_p
         print(e)
       """)
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, 'TFDS_DATA_DIR': str(tmp_path)})
+                          timeout=helpers.HANG_S,
+                          env={**os.environ, 'TFDS_DATA_DIR': str(tmp_path)})
   assert result.returncode == 0, result.stderr
   for part in ("'cifar100'", str(tmp_path), *MISSING_DATASET_HINTS):
     assert part in result.stdout

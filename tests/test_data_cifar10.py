@@ -18,6 +18,7 @@ from configs import cifar10
 from resnet_jax import data, recipes
 from resnet_jax.train import optim, run
 from resnet_jax.train import step as step_lib
+from tests import helpers
 
 
 def _find_cifar10():
@@ -153,5 +154,5 @@ def test_pipeline_never_imports_tensorflow():
       print('ok')
       """)
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=helpers.HANG_S)
   assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr

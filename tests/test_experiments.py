@@ -24,7 +24,7 @@ needs_cifar10 = pytest.mark.skipif(
            'see ../shared/data/README.md')
 
 
-def _study(name, results_dir, *extra, timeout=600):
+def _study(name, results_dir, *extra, timeout=helpers.HANG_S):
   command = [sys.executable, '-m', f'experiments.{name}', '--budget', 'smoke',
              '--results_dir', str(results_dir), *extra]
   return subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
@@ -60,8 +60,7 @@ def degradation(tmp_path_factory):
 
 @needs_cifar10
 def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
-  out, seconds = ablation
-  assert seconds < 180, f'the smoke budget took {seconds:.0f} s'
+  out, _ = ablation  # How long it took is the benchmarks' business, not a test's.
   rows = _csv(out / 'results.csv')
   assert [r['placement'] for r in rows] == ['original', 'bn_after_add']
   for column in ('dataset', 'placement', 'depth', 'seed', 'config.model.placement',
@@ -124,7 +123,8 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
   command = [sys.executable, '-m', 'experiments.report', '--docs', str(docs),
              '--results_dir', str(ablation[0]), str(degradation[0])]
   for _ in range(2):  # The second run replaces the generated part instead of adding another.
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            timeout=helpers.HANG_S)
     assert result.returncode == 0, result.stderr
   text = docs.read_text()
   assert text.startswith('# Measured results\n\nHand-written part.\n')
@@ -145,7 +145,7 @@ def test_the_report_rebuilds_a_study_from_its_committed_files_alone(degradation,
   docs.write_text('# Measured results\n')
   command = [sys.executable, '-m', 'experiments.report', '--docs', str(docs)]
   result = subprocess.run(command + ['--results_dir', str(degradation[0])], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr
   folder = tmp_path / 'results' / 'degradation-smoke'
   assert sorted(p.name for p in (folder / 'runs').iterdir()) == [
@@ -155,7 +155,7 @@ def test_the_report_rebuilds_a_study_from_its_committed_files_alone(degradation,
   verdicts = json.loads((folder / 'results.json').read_text())['hypotheses']
   for name in ('results.md', 'results.csv', 'fig6_curves.png'):
     (folder / name).unlink()
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr
   assert {name: (folder / name).read_text() for name in before} == before
   assert json.loads((folder / 'results.json').read_text())['hypotheses'] == verdicts
@@ -176,7 +176,7 @@ def test_the_committed_results_rebuild_to_the_same_verdicts_and_tables(tmp_path)
                      (f / 'results.csv').read_text()) for f in folders}
   result = subprocess.run([sys.executable, '-m', 'experiments.report', '--docs',
                            str(tmp_path / 'docs' / 'results.md')], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   after = {f.name: (json.loads((f / 'results.json').read_text())['hypotheses'],
                     (f / 'results.csv').read_text()) for f in folders}
@@ -201,7 +201,7 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
   proc.wait()
   assert not (out / 'runs' / 'original-d20-s0' / 'summary.json').exists()
   result = subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
-                          timeout=600)
+                          timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   resumed = _csv(out / 'results.csv')
   uninterrupted = _csv(ablation[0] / 'results.csv')
@@ -445,7 +445,8 @@ def test_a_second_study_on_a_results_dir_in_use_is_refused_before_it_writes(tmp_
   with workdir_lib.lock(str(out), flag='--results_dir', holder='study'):
     result = subprocess.run(
         [sys.executable, '-m', 'experiments.degradation', '--budget', 'smoke',
-         '--results_dir', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+         '--results_dir', str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=helpers.HANG_S)
   assert result.returncode == 2, result.stderr[-2000:]
   [line] = result.stderr.strip().splitlines()
   assert line.startswith(f'error: --results_dir={out} is in use by another study (pid '

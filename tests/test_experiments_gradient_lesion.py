@@ -17,6 +17,7 @@ from experiments import gradient_flow, hypotheses, lesion, probes
 from resnet_jax import models
 from resnet_jax.models.units import ResidualUnit
 from tests.test_models_util import random_variables
+from tests import helpers
 
 SHAPE = (4, 8, 8, 3)
 
@@ -223,7 +224,7 @@ def _run_study(study, results_dir):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run([sys.executable, '-m', f'experiments.{study}', '--budget', 'smoke',
                          '--results_dir', results_dir], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+                        text=True, timeout=helpers.HANG_S)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 

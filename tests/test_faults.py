@@ -24,7 +24,7 @@ ARGS = (f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=20
 SCHEDULE = ('--config.lr_boundaries=(90,)',)
 
 
-def run(workdir, *overrides, schedule=SCHEDULE, timeout=600):
+def run(workdir, *overrides, schedule=SCHEDULE, timeout=helpers.HANG_S):
   return helpers.run_main(workdir, *ARGS, *schedule, *overrides, timeout=timeout)
 
 
@@ -187,12 +187,12 @@ def test_a_second_run_on_a_workdir_is_refused_at_once_and_a_killed_one_leaves_no
       assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
       time.sleep(0.1)
     started = time.time()
-    second = helpers.run_main(workdir, *ARGS, *SCHEDULE, timeout=120)
+    second = helpers.run_main(workdir, *ARGS, *SCHEDULE, timeout=helpers.HANG_S)
     one_error_line(second, 2, 'is in use by another run', f'pid {first.pid}')
     assert time.time() - started < 60  # Refused before compiling anything.
   finally:
     first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
+    first.wait(timeout=helpers.HANG_S)
   result = run(workdir)  # kill -9 left the lock file, but no lock.
   assert result.returncode == 0, result.stderr[-3000:]
 
@@ -212,7 +212,7 @@ def test_a_signal_saves_then_exits_non_zero_and_twice_exits_at_once(tmp_path, si
 
   proc = start(tmp_path / 'once')
   proc.send_signal(sig)
-  stderr = proc.communicate(timeout=120)[1]
+  stderr = proc.communicate(timeout=helpers.HANG_S)[1]
   assert proc.returncode == code, stderr[-3000:]
   assert 'Traceback' not in stderr and 'Stopped at step' in stderr
   stopped_at = helpers.checkpoint_steps(tmp_path / 'once')[-1]
@@ -231,7 +231,7 @@ def test_a_signal_saves_then_exits_non_zero_and_twice_exits_at_once(tmp_path, si
   proc.send_signal(sig)
   time.sleep(0.5)
   proc.send_signal(sig)
-  stderr = proc.communicate(timeout=120)[1]
+  stderr = proc.communicate(timeout=helpers.HANG_S)[1]
   assert proc.returncode == code, stderr[-3000:]
   assert 'received again: exiting now' in stderr and 'Traceback' not in stderr
   assert not helpers.checkpoint_steps(workdir)
@@ -320,7 +320,7 @@ def test_a_write_that_fails_during_a_save_is_reported_at_once(copy):
   limited = ['bash', '-c', 'ulimit -f 64 && exec "$@"', 'bash',
              *helpers.main_command(copy, *ARGS, *SCHEDULE)]
   result = subprocess.run(limited, cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=helpers.HANG_S)
   # orbax's writer threads print the tracebacks of their failed writes themselves; the run's
   # own report is one line.
   assert result.returncode == 1, result.stderr[-3000:]
@@ -350,7 +350,7 @@ def test_the_best_checkpoint_survives_a_kill_with_keep_1(tmp_path):
     assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
+  proc.wait(timeout=helpers.HANG_S)
   result = helpers.run_main(workdir, *args)
   assert result.returncode == 0, result.stderr[-3000:]
   evals = [r for r in read_metrics(workdir) if 'eval/accuracy' in r]

@@ -7,13 +7,14 @@ import sys
 
 from resnet_jax import models
 from resnet_jax import summary
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
   return subprocess.run([sys.executable, '-m', 'resnet_jax.summary', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=helpers.HANG_S)
 
 
 def test_summary_of_a_net_named_in_the_config_argument():

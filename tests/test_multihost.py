@@ -1,9 +1,18 @@
-"""Two processes x 2 devices (jax.distributed over 127.0.0.1, gloo collectives) train exactly like
-one process x 4 devices fed the same global batches.
+"""Two processes x 2 devices (jax.distributed over 127.0.0.1, gloo collectives) train like one
+process x 4 devices fed the same global batches.
 
 Each process reads its own shard of every global batch (grain's ShardByJaxProcess), so the
 single-process reference is fed the two shards concatenated in process order: device d then sees
-the same examples in both runs. Losses agree to 1e-5 relative, parameters to 1e-5 absolute.
+the same examples in both runs.
+
+Not bit for bit, and why: each run is bit-reproducible (twice each, also with the machine busy
+with a whole test suite: equal losses), but the cross-device means of the loss and gradients add
+the same four per-device values in another order (gloo's all-reduce across the processes, XLA's
+within one process). Float32 addition is not associative: four addends reordered differ by at
+most 3 eps (3.6e-7) of their sum; measured, the first step's losses differ in the last bit
+(2.3818817 and 2.3818815, 1.0e-7 relative) and stay at that level over the 6 steps. Losses are
+held to 1e-6 relative (about 8 ulps: the reordering bound plus its propagation over six small
+steps, learning rate 0.02), parameters to 1e-5 absolute.
 """
 
 import subprocess
@@ -65,13 +74,13 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   single = tmp_path / 'one_process'
   ref = subprocess.run([sys.executable, '-c', REFERENCE, str(single), *OVERRIDES],
                        cwd=helpers.ROOT, env=helpers.env(devices=4), capture_output=True,
-                       text=True, timeout=400)
+                       text=True, timeout=helpers.HANG_S)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   losses_multi, losses_single = helpers.train_losses(multi), helpers.train_losses(single)
   # Only process 0 writes logs: one record per step, not two.
   assert len(losses_multi) == STEPS and losses_multi[-1] < losses_multi[0]
-  np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-5)
+  np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-6)
   # One checkpoint for both processes, holding each process's iterator state.
   assert helpers.checkpoint_steps(multi) == [3, 6]
   data_dir = multi / 'checkpoints' / '6' / 'data'

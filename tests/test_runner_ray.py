@@ -60,7 +60,7 @@ def test_print_commands_gives_a_self_contained_trainer_command_per_unfinished_ru
   assert ' && python -m resnet_jax.main --config=' in first and 'digits-s0' in first
   # The command, run as another scheduler would (from any directory), trains the run.
   done = subprocess.run(first.replace(' python ', f' {sys.executable} '), shell=True, cwd='/',
-                        env=helpers.env(), capture_output=True, text=True, timeout=600)
+                        env=helpers.env(), capture_output=True, text=True, timeout=helpers.HANG_S)
   assert done.returncode == 0, done.stderr[-2000:]
   assert (tmp_path / 'runs' / 'digits-s0' / 'summary.json').exists()
   assert runner.commands(runs, tmp_path) == [second]  # The finished run is left out.
@@ -137,7 +137,7 @@ def _kill_the_worker_node_at(checkpoint, nodes, worker, driver):
 
 
 def _numbers(driver) -> dict:
-  out, err = driver.communicate(timeout=900)
+  out, err = driver.communicate(timeout=helpers.HANG_S)
   assert driver.returncode == 0, err[-3000:]
   return json.loads(out.strip().splitlines()[-1])
 

@@ -106,7 +106,7 @@ def _compile_and_train(dtype, xla_flags_env):
   environ = helpers.env()
   environ['XLA_FLAGS'] = xla_flags_env
   result = subprocess.run([sys.executable, '-c', _COMPILE, dtype], cwd=helpers.ROOT, env=environ,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = dict(line.split(' ', 1) for line in result.stdout.splitlines())
   return lines['appended'], int(lines['temp']), lines['trained']
