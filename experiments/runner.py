@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 
 import ml_collections
 
@@ -347,7 +348,12 @@ def _ray(placement: Placement):
   started = not ray.is_initialized()
   if started:
     try:
-      ray.init(**kwargs)
+      with warnings.catch_warnings():
+        # Ray starts its processes with fork-exec, which the warning (meant for a fork that
+        # goes on running Python beside JAX's threads) does not concern.
+        warnings.filterwarnings('ignore', message=r'os\.fork\(\) was called',
+                                category=RuntimeWarning)
+        ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
       raise RunError(f'--cluster={placement.cluster}: Ray could not start or connect: '
                      f'{" ".join(str(e).split())[:300]}') from None
