@@ -294,7 +294,10 @@ def test_two_processes_follow_one_process_with_the_same_devices(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   losses_multi, losses_single = helpers.train_losses(multi), helpers.train_losses(single)
   assert len(losses_multi) == 6 and losses_multi[-1] < losses_multi[0]
-  np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-5)
+  # Not bit for bit: the cross-device means add the same values in another order (gloo across
+  # processes, XLA within one), as test_multihost explains; each run is bit-reproducible, also
+  # under load. Measured: 2.0e-7 relative at most (one or two ulps); bound: about 8 ulps.
+  np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-6)
   _, params_multi = helpers.final_params(multi)
   _, params_single = helpers.final_params(single)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),

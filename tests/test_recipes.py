@@ -62,7 +62,7 @@ def _command_line(*argv) -> ml_collections.ConfigDict:
 
 def test_every_config_is_in_the_table():
   assert sorted(SHIPPED) == sorted(p.name for p in CONFIG_DIR.glob('*.py')
-                                   if p.name != '__init__.py')
+                                   if p.name not in ('__init__.py', 'from_json.py'))
 
 
 @pytest.mark.parametrize('name', sorted(SHIPPED))
