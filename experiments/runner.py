@@ -14,10 +14,11 @@ folders would duplicate what the trainer and this module already keep.
 Each run is a task that asks for `cpus_per_run` CPUs and `gpus_per_run` GPUs (fractions share
 a GPU; Ray sets CUDA_VISIBLE_DEVICES per task). A run of `processes_per_run` > 1 gets a placement
 group of that many bundles, one process per bundle, joined by jax.distributed with the first
-bundle's node as coordinator; only process 0 writes the run's logs, as the trainer does. A task
-whose worker or node dies is retried (`max_retries`) and resumes from the run's last checkpoint,
-so workdirs and the results dir must be on storage every node sees (a shared filesystem, or
-gs:// where orbax and tfds support it).
+bundle's node as coordinator; only process 0 writes the run's logs, as the trainer does. A
+one-process run whose worker or node dies is retried by Ray (`max_retries`); a multi-process
+run that loses a process is stopped and submitted again whole. Either resumes from the run's
+last checkpoint, so workdirs and the results dir must be on a filesystem that every node mounts
+at the same path (the runner's own files, logs and locks need POSIX paths).
 """
 
 import contextlib
