@@ -501,7 +501,7 @@ def _train_on_ray(todo, results_dir, placement, varying, progress) -> dict:
         del running[name]
         ready.difference_update(entry.refs)
         outcome = _outcome(ray, entry.run, entry.refs, results_dir,
-                           time.perf_counter() - entry.started)
+                           time.perf_counter() - entry.started, lost)
         if entry.group is not None and lost is None:
           ray.util.remove_placement_group(entry.group)
         rows[name] = _finish(entry.run, results_dir, varying, progress, outcome)
@@ -530,10 +530,15 @@ def _lost(ray, refs):
   return None
 
 
-def _outcome(ray, run, refs, results_dir, seconds) -> dict:
-  """Process 0's outcome of a finished run, or a failed one naming the log's last line."""
+def _outcome(ray, run, refs, results_dir, seconds, lost=None) -> dict:
+  """Process 0's outcome of a finished run, or a failed one naming the log's last line.
+
+  `lost`: the error of a process that was lost (a multi-process run out of restarts, whose other
+  processes the sweep cancelled): the run failed, it was not stopped."""
   from ray import exceptions as ray_errors  # pylint: disable=g-import-not-at-top
   try:
+    if lost is not None:
+      raise lost
     outcome = ray.get(refs[0])
     ray.get(refs[1:])  # The other processes of a distributed run end with it.
     return outcome
@@ -543,7 +548,7 @@ def _outcome(ray, run, refs, results_dir, seconds) -> dict:
   except ray_errors.RayError as e:
     last = _last_line(os.path.join(results_dir, 'logs', f'{run.name}.log'))
     return {'summary': None, 'hardware': None, 'seconds': seconds,
-            'status': f'failed: {type(e).__name__} (after Ray\'s retries of a lost worker); '
+            'status': f'failed: {type(e).__name__} (after the retries of a lost process); '
                       f'last log line: {last or "(empty)"}'}
 
 

@@ -186,3 +186,14 @@ def test_a_two_process_run_that_loses_a_node_restarts_whole_and_ends_as_the_trai
       by_hand)
   assert step == hand_step == 100
   helpers.assert_trees_equal(state, hand_state)
+
+
+def test_a_run_out_of_restarts_is_failed_with_its_log_s_last_line_not_stopped(tmp_path):
+  """A multi-process run whose process was lost once too often: the sweep cancelled its other
+  processes, but the row says it failed, and why, not 'stopped: cancelled'."""
+  (tmp_path / 'logs').mkdir()
+  (tmp_path / 'logs' / 'digits-s0.log').write_text('step 40\nthe last line\n\n')
+  outcome = runner._outcome(ray, _run(0), [], str(tmp_path), 1.0,
+                            lost=ray.exceptions.WorkerCrashedError())
+  assert outcome['status'] == ('failed: WorkerCrashedError (after the retries of a lost '
+                               'process); last log line: the last line')
