@@ -109,6 +109,18 @@ def test_keys_that_do_not_change_the_result_may_change(copy):
   assert snapshot(copy) == before  # Finished already: nothing to do, nothing changed.
 
 
+def test_a_run_killed_between_its_last_save_and_its_summary_reports_the_same_numbers(copy):
+  """CI caught it: resumed with no step left to train, the summary lost the train scalars (the
+  sweep's train_error column went blank). They come from the log of the last step."""
+  finished = json.loads((copy / 'summary.json').read_text())
+  (copy / 'summary.json').unlink()
+  result = run(copy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((copy / 'summary.json').read_text())
+  numbers = lambda s: {k: v for k, v in s.items() if k.startswith(('train/', 'eval/'))}
+  assert 'train/accuracy' in finished and numbers(summary) == numbers(finished)
+
+
 def test_a_change_on_purpose_continues_and_keeps_the_old_config(copy):
   old_config = (copy / 'config.json').read_text()
   shutil.rmtree(copy / 'checkpoints' / str(STEPS))

@@ -177,6 +177,13 @@ def _train_scalars(metrics, par, steps: int) -> dict:
           'first_nonfinite_step': int(m.first_nonfinite.compute())}
 
 
+def _train_record(workdir: str, step: int) -> dict:
+  """The train scalars logged at `step`, or {}: what the summary reports for a run killed after
+  its last checkpoint and before its summary, which resumes with no step left to train."""
+  records = [r for r in read_metrics(workdir) if r['step'] == step and 'train/accuracy' in r]
+  return {k: v for k, v in records[-1].items() if k.startswith('train/')} if records else {}
+
+
 def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=None) -> dict:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
@@ -270,7 +277,7 @@ def _loop(r: _Run, state) -> dict:
   batches = par.prefetch(items, config.data.prefetch_to_device,
                          place=lambda item: (par.put_batch(item[0]), item[1]))
   window, window_steps, nonfinite_steps = None, 0, 0
-  eval_scalars, last_train = {}, {}
+  eval_scalars, last_train = {}, _train_record(workdir, start_step)
   started = time.perf_counter()
   step = start_step
   try:
