@@ -18,6 +18,9 @@ from experiments import activation_ablation, papers, publish, runner, study
 from tests import helpers
 
 ROOT = helpers.ROOT
+# One worker runs this module: its module-scoped studies (ablation, degradation) are trained once,
+# not once on each xdist worker that draws one of their tests (CI measured 190 s spent twice).
+pytestmark = pytest.mark.xdist_group('cifar_studies')
 needs_cifar10 = pytest.mark.skipif(
     helpers.shared_tfds_dataset('cifar10') is None,
     reason='CIFAR-10 (tfds array_record) not found under $TFDS_DATA_DIR; '
