@@ -62,7 +62,7 @@ class Placement:
   cluster: str = 'local'        # 'local' (embedded instance), 'auto' or a Ray address
   jobs: int = 1                 # local only: runs at once (each gets 1/jobs of the cores)
   cpus_per_run: float | None = None   # None: local, cores / jobs; a cluster, 1
-  gpus_per_run: float = 0.0     # fractions share a GPU
+  gpus_per_run: float | None = None   # fractions share a GPU; None: see resolve()
   processes_per_run: int = 1    # > 1: one jax.distributed process per placement-group bundle
   resources: tuple = ()         # custom Ray resources each process asks for, ((name, n), ...)
   max_retries: int = 3          # of a run whose worker or node died
@@ -194,6 +194,7 @@ def train_task(spec: dict, coordinator: str | None = None) -> dict:
   started = time.perf_counter()
   with _log_to(spec['log']):
     try:
+      os.environ.update(gpu_memory_env(spec.get('gpu_share') or 0.0, os.environ))
       xla_flags.apply(config)  # Before the run starts JAX's backends, in a fresh worker.
       if spec.get('distributed'):
         from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -261,7 +262,7 @@ def check_placement(placement: Placement) -> None:
     raise UserError(f'--jobs={placement.jobs} must be at least 1.')
   if placement.cpus_per_run is not None and placement.cpus_per_run <= 0:
     raise UserError(f'--cpus_per_run={placement.cpus_per_run} must be positive.')
-  if placement.gpus_per_run < 0:
+  if placement.gpus_per_run is not None and placement.gpus_per_run < 0:
     raise UserError(f'--gpus_per_run={placement.gpus_per_run} must be 0 or more.')
   if placement.processes_per_run < 1:
     raise UserError(f'--processes_per_run={placement.processes_per_run} must be at least 1.')
@@ -321,6 +322,10 @@ def run_sweep(runs: list[Run], results_dir: str, placement: Placement = Placemen
   rows, todo = _finished(runs, results_dir, varying, progress)
   if todo:
     with _ray(placement) as ray:
+      placement = resolve(placement, ray.cluster_resources())
+      print(f'Ray ({placement.cluster}: {_describe_resources(ray.cluster_resources())}): each '
+            f'run asks for {_describe_resources(_bundle(placement))} x '
+            f'{placement.processes_per_run} process(es).', flush=True)
       _check_fits(placement, ray)
       rows.update(_train_on_ray(todo, results_dir, placement, varying, progress))
   return [rows[run.name] for run in runs]
@@ -333,7 +338,8 @@ def _ray(placement: Placement):
   # A run's environment, the same on every worker: this checkout on the path, the driver's
   # XLA and data settings.
   env = {k: v for k, v in os.environ.items()
-         if k in ('XLA_FLAGS', 'TFDS_DATA_DIR', 'JAX_PLATFORMS', 'JAX_ENABLE_X64')}
+         if k in ('XLA_FLAGS', 'TFDS_DATA_DIR', 'JAX_PLATFORMS', 'JAX_ENABLE_X64')
+         or k.startswith('XLA_PYTHON_CLIENT_')}
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
   runtime_env = {'env_vars': env}
   kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -371,11 +377,11 @@ def _check_fits(placement: Placement, ray) -> None:
   A cluster is not checked: its autoscaler may add the nodes a run asks for."""
   if placement.cluster != 'local':
     return
-  cpus, gpus = _resources(placement, ray)
   have = ray.cluster_resources()
   n = placement.processes_per_run
-  for name, each, flag in (('CPU', cpus, '--cpus_per_run'), ('GPU', gpus, '--gpus_per_run'),
-                           *((k, v, '--resources') for k, v in placement.resources)):
+  flags = {'CPU': '--cpus_per_run', 'GPU': '--gpus_per_run'}
+  for name, each in _bundle(placement).items():
+    flag = flags.get(name, '--resources')
     if each * n > have.get(name, 0) + 1e-9:
       raise UserError(f'{flag}: each run asks for {each:g} {name} x {n} process(es), but this '
                       f'machine has {have.get(name, 0):g}; ask for less, or use --cluster.')
@@ -394,13 +400,49 @@ def _check_reachable(address: str) -> None:
                     '--cluster=local.') from None
 
 
-def _resources(placement: Placement, ray) -> tuple[float, float]:
-  """(CPUs, GPUs) of each process of a run."""
-  cpus = placement.cpus_per_run
+def resolve(placement: Placement, have: dict) -> Placement:
+  """The placement with each None resolved from the resources Ray has (`have`).
+
+  CPUs: on the embedded instance each process gets its share of the cores (--jobs runs at once),
+  on a cluster 1. GPUs: on a machine or cluster with GPUs each process gets its share of them
+  (local: GPUs / (jobs x processes), whole GPUs where that is 1 or more, as Ray needs) or 1 on a
+  cluster, else 0. Named GPUs are never left idle by default: Ray hides every GPU from a task
+  that asks for none, so a sweep on a GPU machine without --gpus_per_run would train on its
+  CPUs."""
+  per_machine = placement.jobs * placement.processes_per_run
+  local = placement.cluster == 'local'
+  cpus, gpus = placement.cpus_per_run, placement.gpus_per_run
   if cpus is None:
-    cpus = (ray.cluster_resources().get('CPU', 1) / (placement.jobs * placement.processes_per_run)
-            if placement.cluster == 'local' else 1)
-  return cpus, placement.gpus_per_run
+    cpus = have.get('CPU', 1) / per_machine if local else 1
+  if gpus is None:
+    share = have.get('GPU', 0) / per_machine if local else min(1.0, have.get('GPU', 0))
+    gpus = float(int(share)) if share >= 1 else share
+  return dataclasses.replace(placement, cpus_per_run=cpus, gpus_per_run=gpus)
+
+
+def _bundle(placement: Placement) -> dict:
+  """What each process of a run asks Ray for (placement resolved): {resource: amount}."""
+  return {'CPU': placement.cpus_per_run,
+          **({'GPU': placement.gpus_per_run} if placement.gpus_per_run else {}),
+          **dict(placement.resources)}
+
+
+def _describe_resources(amounts: dict) -> str:
+  """'16 CPU, 1 GPU': Ray's resources without its bookkeeping ones (memory, node:IP, ...)."""
+  hidden = ('node:', 'memory', 'object_store_memory', 'accelerator_type:')
+  return ', '.join(f'{v:g} {k}' for k, v in sorted(amounts.items()) if not k.startswith(hidden))
+
+
+def gpu_memory_env(share: float, environ) -> dict:
+  """The environment a run that shares a GPU (0 < share < 1) needs: Ray divides GPUs but not
+  their memory, and JAX takes 75% of a GPU's memory at its start, so the second run on a GPU
+  found none. Each run gets JAX's 75% of its share. XLA_PYTHON_CLIENT_MEM_FRACTION,
+  _PREALLOCATE or _ALLOCATOR set by you are left as they are."""
+  if not 0 < share < 1 or any(k in environ for k in (
+      'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
+      'XLA_PYTHON_CLIENT_ALLOCATOR')):
+    return {}
+  return {'XLA_PYTHON_CLIENT_MEM_FRACTION': f'{0.75 * share:.4f}'}
 
 
 def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker: bool):
@@ -409,23 +451,23 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
   Nothing here waits: the processes of a multi-process run start once Ray has reserved their
   placement group, and each receives the coordinator address that a task on the first bundle
   picked (a free port on its node), so runs queued behind others do not hold up the sweep."""
-  cpus, gpus = _resources(placement, ray)
   spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
           'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
-          'report_split': run.report_split}
+          'report_split': run.report_split, 'gpu_share': placement.gpus_per_run}
   n = placement.processes_per_run
   # max_calls belongs to the remote function (options cannot set it): 1 gives each run a fresh
   # worker, 0 reuses workers.
   task = ray.remote(max_calls=1 if fresh_worker or n > 1 else 0)(train_task)
   # A lost process of a one-process run is retried by Ray; a multi-process run is restarted
   # whole by the sweep (_train_on_ray), since its other processes cannot go on alone.
-  options = dict(num_cpus=cpus, num_gpus=gpus, resources=dict(placement.resources),
+  options = dict(num_cpus=placement.cpus_per_run, num_gpus=placement.gpus_per_run,
+                 resources=dict(placement.resources),
                  max_retries=placement.max_retries if n == 1 else 0, name=run.name)
   if n == 1:
     return [task.options(**options).remote(spec)], None
   from ray.util import placement_group  # pylint: disable=g-import-not-at-top
   from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # pylint: disable=g-import-not-at-top
-  bundle = {'CPU': cpus, **({'GPU': gpus} if gpus else {}), **dict(placement.resources)}
+  bundle = _bundle(placement)
   # On a cluster one process per node (a pod slice's hosts); the embedded instance is one node.
   group = placement_group([bundle] * n,
                           strategy='PACK' if placement.cluster == 'local' else 'STRICT_SPREAD')

@@ -132,9 +132,10 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
   parser.add_argument('--cpus_per_run', type=positive_float, default=None,
                       help='CPUs each run (each process of it) asks Ray for; default: local, '
                            'cores / jobs; on a cluster, 1.')
-  parser.add_argument('--gpus_per_run', type=non_negative_float, default=0.0,
+  parser.add_argument('--gpus_per_run', type=non_negative_float, default=None,
                       help='GPUs each run (each process of it) asks for; a fraction shares a GPU '
-                           '(0.25: four runs on one).')
+                           '(0.25: four runs on one); 0 trains on CPUs. Default: where there are '
+                           'GPUs, local, GPUs / jobs; on a cluster, 1; else 0.')
   parser.add_argument('--resources', type=resource_list, default=(),
                       help='custom Ray resources each run (each process of it) asks for, e.g. '
                            "TPU=4 for a TPU VM host's chips.")
@@ -151,12 +152,24 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
                    "run's config; runs with such settings get names of their own.")
 
 
+def leave_accelerators_to_runs() -> None:
+  """The study's own JAX work (init measurements, the analyses after the sweep) runs on the CPU,
+  unless JAX_PLATFORMS says otherwise. On a GPU JAX takes 75% of the memory at its start and keeps
+  it, so the runs on that GPU would find none; a TPU host's chips open in one process only, so
+  the runs there could not start at all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if 'JAX_PLATFORMS' not in os.environ and not xla_bridge.backends_are_initialized():
+    jax.config.update('jax_platforms', 'cpu')
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
   """The flags of add_flags, and the --config.KEY=VALUE overrides (args.overrides) every run
   gets. args.variant is '' for the budget as it is, else a suffix that names the changed
   settings (--steps, the overrides), so that their runs get workdirs of their own and finished
   runs of other settings stay as they are."""
   args, rest = parser.parse_known_args(argv)
+  leave_accelerators_to_runs()
   args.overrides = []
   for item in rest:
     key, equals, value = item.removeprefix('--config.').partition('=')

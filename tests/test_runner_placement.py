@@ -1,0 +1,53 @@
+"""Where a sweep's runs train: the placement's defaults from what Ray has, and what a run that
+shares a GPU is given. Pure functions; the sweeps themselves are in test_runner_ray.py."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import runner
+from tests import helpers
+
+Placement = runner.Placement
+
+
+@pytest.mark.parametrize('placement, have, cpus, gpus', [
+    # A CPU machine: the cores shared by the runs at once, no GPU.
+    (Placement(jobs=2), {'CPU': 16.0}, 8.0, 0.0),
+    # One GPU and four runs at once: a quarter each, which is what the flag would say.
+    (Placement(jobs=4), {'CPU': 16.0, 'GPU': 1.0}, 4.0, 0.25),
+    # Eight GPUs, eight runs: one each; eight GPUs, three runs: whole GPUs only (Ray's rule).
+    (Placement(jobs=8), {'CPU': 64.0, 'GPU': 8.0}, 8.0, 1.0),
+    (Placement(jobs=3), {'CPU': 48.0, 'GPU': 8.0}, 16.0, 2.0),
+    # A cluster: 1 CPU, and 1 GPU where it has GPUs.
+    (Placement(cluster='auto'), {'CPU': 64.0, 'GPU': 8.0}, 1.0, 1.0),
+    (Placement(cluster='auto'), {'CPU': 64.0}, 1.0, 0.0),
+    # Said on the command line: kept, 0 GPUs included.
+    (Placement(jobs=4, cpus_per_run=2.0, gpus_per_run=0.0), {'CPU': 16.0, 'GPU': 1.0}, 2.0, 0.0),
+])
+def test_a_placement_s_defaults_come_from_what_ray_has(placement, have, cpus, gpus):
+  resolved = runner.resolve(placement, have)
+  assert (resolved.cpus_per_run, resolved.gpus_per_run) == (cpus, gpus)
+
+
+def test_a_run_that_shares_a_gpu_gets_its_share_of_the_memory():
+  assert runner.gpu_memory_env(0.25, {}) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.1875'}
+  assert runner.gpu_memory_env(0.5, {}) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3750'}
+  # A whole GPU, no GPU, or the user's own setting: JAX's defaults or theirs.
+  assert runner.gpu_memory_env(1.0, {}) == {} and runner.gpu_memory_env(0.0, {}) == {}
+  for key in ('XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
+              'XLA_PYTHON_CLIENT_ALLOCATOR'):
+    assert runner.gpu_memory_env(0.25, {key: 'x'}) == {}
+
+
+@pytest.mark.parametrize('environ, platforms', [({}, 'cpu'), ({'JAX_PLATFORMS': 'cpu,tpu'}, 'cpu,tpu')])
+def test_a_study_s_own_process_leaves_the_accelerators_to_its_runs(environ, platforms):
+  code = ('import jax\nfrom experiments import study\nstudy.leave_accelerators_to_runs()\n'
+          'print(jax.config.jax_platforms)')
+  env = {k: v for k, v in helpers.env(1).items() if k != 'JAX_PLATFORMS'}
+  result = subprocess.run([sys.executable, '-c', code], cwd=helpers.ROOT, env={**env, **environ},
+                          capture_output=True, text=True, timeout=helpers.HANG_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == [platforms]
