@@ -1,7 +1,6 @@
 """Where a sweep's runs train: the placement's defaults from what Ray has, and what a run that
 shares a GPU is given. Pure functions; the sweeps themselves are in test_runner_ray.py."""
 
-import os
 import subprocess
 import sys
 
