@@ -41,7 +41,8 @@ def test_a_run_that_shares_a_gpu_gets_its_share_of_the_memory():
     assert runner.gpu_memory_env(0.25, {key: 'x'}) == {}
 
 
-@pytest.mark.parametrize('environ, platforms', [({}, 'cpu'), ({'JAX_PLATFORMS': 'cpu,tpu'}, 'cpu,tpu')])
+@pytest.mark.parametrize('environ, platforms',
+                         [({}, 'cpu'), ({'JAX_PLATFORMS': 'cpu,tpu'}, 'cpu,tpu')])
 def test_a_study_s_own_process_leaves_the_accelerators_to_its_runs(environ, platforms):
   code = ('import jax\nfrom experiments import study\nstudy.leave_accelerators_to_runs()\n'
           'print(jax.config.jax_platforms)')
