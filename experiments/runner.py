@@ -194,7 +194,7 @@ def train_task(spec: dict, coordinator: str | None = None) -> dict:
   started = time.perf_counter()
   with _log_to(spec['log']):
     try:
-      os.environ.update(gpu_memory_env(spec.get('gpu_share') or 0.0, os.environ))
+      os.environ.update(accelerator_env(spec['placement'], os.environ))
       xla_flags.apply(config)  # Before the run starts JAX's backends, in a fresh worker.
       if spec.get('distributed'):
         from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -341,6 +341,11 @@ def _ray(placement: Placement):
          if k in ('XLA_FLAGS', 'TFDS_DATA_DIR', 'JAX_PLATFORMS', 'JAX_ENABLE_X64')
          or k.startswith('XLA_PYTHON_CLIENT_')}
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
+  # A run gets only the accelerators it asks for. Since 2026 Ray leaves every GPU visible to a task
+  # that asks for none (ray-project/ray#54868), and that run's JAX would take 75% of each GPU's
+  # memory beside the runs Ray placed there; '1' restores Ray's CUDA_VISIBLE_DEVICES='' for it.
+  env['RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO'] = os.environ.get('RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO',
+                                                             '1')
   runtime_env = {'env_vars': env}
   kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                 runtime_env=runtime_env)
@@ -406,9 +411,8 @@ def resolve(placement: Placement, have: dict) -> Placement:
   CPUs: on the embedded instance each process gets its share of the cores (--jobs runs at once),
   on a cluster 1. GPUs: on a machine or cluster with GPUs each process gets its share of them
   (local: GPUs / (jobs x processes), whole GPUs where that is 1 or more, as Ray needs) or 1 on a
-  cluster, else 0. Named GPUs are never left idle by default: Ray hides every GPU from a task
-  that asks for none, so a sweep on a GPU machine without --gpus_per_run would train on its
-  CPUs."""
+  cluster, else 0. A run that asks for no GPU is given none (see _ray), so without this default
+  a sweep on a GPU machine would train on its CPUs."""
   per_machine = placement.jobs * placement.processes_per_run
   local = placement.cluster == 'local'
   cpus, gpus = placement.cpus_per_run, placement.gpus_per_run
@@ -433,16 +437,23 @@ def _describe_resources(amounts: dict) -> str:
   return ', '.join(f'{v:g} {k}' for k, v in sorted(amounts.items()) if not k.startswith(hidden))
 
 
-def gpu_memory_env(share: float, environ) -> dict:
-  """The environment a run that shares a GPU (0 < share < 1) needs: Ray divides GPUs but not
-  their memory, and JAX takes 75% of a GPU's memory at its start, so the second run on a GPU
-  found none. Each run gets JAX's 75% of its share. XLA_PYTHON_CLIENT_MEM_FRACTION,
-  _PREALLOCATE or _ALLOCATOR set by you are left as they are."""
-  if not 0 < share < 1 or any(k in environ for k in (
+def accelerator_env(placement: Placement, environ) -> dict:
+  """What a run's process adds to its environment for the accelerators it asked for (placement
+  resolved); a variable you set is left as it is.
+
+  A run that shares a GPU (0 < gpus_per_run < 1) gets JAX's 75% of the GPU's memory times its
+  share: Ray divides GPUs but not their memory, and JAX takes 75% of a GPU at its start, so the
+  second run on a GPU found none. A run that asks for no GPU and no TPU trains on the CPU
+  (JAX_PLATFORMS=cpu), rather than probing the GPUs hidden from it, which logged a traceback."""
+  gpus = placement.gpus_per_run or 0.0
+  env = {}
+  if 0 < gpus < 1 and not any(k in environ for k in (
       'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
       'XLA_PYTHON_CLIENT_ALLOCATOR')):
-    return {}
-  return {'XLA_PYTHON_CLIENT_MEM_FRACTION': f'{0.75 * share:.4f}'}
+    env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.75 * gpus:.4f}'
+  if not gpus and 'TPU' not in dict(placement.resources) and 'JAX_PLATFORMS' not in environ:
+    env['JAX_PLATFORMS'] = 'cpu'
+  return env
 
 
 def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker: bool):
@@ -453,7 +464,7 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
   picked (a free port on its node), so runs queued behind others do not hold up the sweep."""
   spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
           'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
-          'report_split': run.report_split, 'gpu_share': placement.gpus_per_run}
+          'report_split': run.report_split, 'placement': placement}
   n = placement.processes_per_run
   # max_calls belongs to the remote function (options cannot set it): 1 gives each run a fresh
   # worker, 0 reuses workers.

@@ -31,14 +31,21 @@ def test_a_placement_s_defaults_come_from_what_ray_has(placement, have, cpus, gp
   assert (resolved.cpus_per_run, resolved.gpus_per_run) == (cpus, gpus)
 
 
-def test_a_run_that_shares_a_gpu_gets_its_share_of_the_memory():
-  assert runner.gpu_memory_env(0.25, {}) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.1875'}
-  assert runner.gpu_memory_env(0.5, {}) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3750'}
-  # A whole GPU, no GPU, or the user's own setting: JAX's defaults or theirs.
-  assert runner.gpu_memory_env(1.0, {}) == {} and runner.gpu_memory_env(0.0, {}) == {}
+def test_a_run_gets_the_environment_of_the_accelerators_it_asked_for():
+  env = lambda gpus, environ=None, **kw: runner.accelerator_env(
+      Placement(cpus_per_run=1.0, gpus_per_run=gpus, **kw), environ or {})
+  # A share of a GPU: that share of JAX's 75% of its memory (measured on an H200: a limit of
+  # 26.2 GiB at 0.1875, 104.9 GiB by default).
+  assert env(0.25) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.1875'}
+  assert env(0.5) == {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.3750'}
+  assert env(1.0) == {} and env(2.0) == {}  # Whole GPUs: JAX's own default.
   for key in ('XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
               'XLA_PYTHON_CLIENT_ALLOCATOR'):
-    assert runner.gpu_memory_env(0.25, {key: 'x'}) == {}
+    assert env(0.25, {key: 'x'}) == {}  # Yours wins.
+  # No GPU: the CPU, unless the run asks for TPU chips or you chose the platforms.
+  assert env(0.0) == {'JAX_PLATFORMS': 'cpu'}
+  assert env(0.0, resources=(('TPU', 4.0),)) == {}
+  assert env(0.0, {'JAX_PLATFORMS': 'cuda'}) == {}
 
 
 @pytest.mark.parametrize('environ, platforms',

@@ -46,6 +46,17 @@ def test_a_run_the_embedded_instance_can_never_hold_is_one_line_and_trains_nothi
   assert not list((tmp_path / 'runs').iterdir())
 
 
+def _visible_gpus():
+  return os.environ.get('CUDA_VISIBLE_DEVICES')
+
+
+def test_a_run_that_asks_for_no_gpu_is_given_none():
+  """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a task that asks for no GPU; the runner's
+  Ray sets it to '' (no GPU), as Ray did before."""
+  with runner._ray(runner.Placement()) as ray:  # pylint: disable=protected-access
+    assert ray.get(ray.remote(num_gpus=0)(_visible_gpus).remote()) == ''
+
+
 def test_a_run_that_a_trainer_outside_the_sweep_holds_is_reported_in_use_and_left_alone(
     tmp_path):
   """issue 21: the row says what the run's own state is (trained by another process now),
