@@ -194,7 +194,6 @@ def train_task(spec: dict, coordinator: str | None = None) -> dict:
   started = time.perf_counter()
   with _log_to(spec['log']):
     try:
-      os.environ.update(accelerator_env(spec['placement'], os.environ))
       xla_flags.apply(config)  # Before the run starts JAX's backends, in a fresh worker.
       if spec.get('distributed'):
         from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -438,8 +437,8 @@ def _describe_resources(amounts: dict) -> str:
 
 
 def accelerator_env(placement: Placement, environ) -> dict:
-  """What a run's process adds to its environment for the accelerators it asked for (placement
-  resolved); a variable you set is left as it is.
+  """What a run's process gets in its environment for the accelerators it asked for (placement
+  resolved), on top of the sweep's (_ray); a variable you set is left as it is.
 
   A run that shares a GPU (0 < gpus_per_run < 1) gets JAX's 75% of the GPU's memory times its
   share: Ray divides GPUs but not their memory, and JAX takes 75% of a GPU at its start, so the
@@ -464,7 +463,7 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
   picked (a free port on its node), so runs queued behind others do not hold up the sweep."""
   spec = {'config': run.config, 'workdir': os.path.join(results_dir, 'runs', run.name),
           'log': os.path.join(results_dir, 'logs', f'{run.name}.log'),
-          'report_split': run.report_split, 'placement': placement}
+          'report_split': run.report_split}
   n = placement.processes_per_run
   # max_calls belongs to the remote function (options cannot set it): 1 gives each run a fresh
   # worker, 0 reuses workers.
@@ -473,6 +472,8 @@ def _submit(ray, run: Run, results_dir: str, placement: Placement, fresh_worker:
   # whole by the sweep (_train_on_ray), since its other processes cannot go on alone.
   options = dict(num_cpus=placement.cpus_per_run, num_gpus=placement.gpus_per_run,
                  resources=dict(placement.resources),
+                 # Set when the worker starts: JAX reads JAX_PLATFORMS when it is imported.
+                 runtime_env={'env_vars': accelerator_env(placement, os.environ)},
                  max_retries=placement.max_retries if n == 1 else 0, name=run.name)
   if n == 1:
     return [task.options(**options).remote(spec)], None
