@@ -18,10 +18,9 @@ from experiments import activation_ablation, papers, publish, runner, study
 from tests import helpers
 
 ROOT = helpers.ROOT
-# One worker runs this module, and its smoke studies (ablation, degradation) are session-scoped,
-# so each trains once: as module fixtures they were trained again each time the worker came back
-# to this module from another, and on each worker that drew one of their tests (CI: 2-3 times).
-pytestmark = pytest.mark.xdist_group('cifar_studies')
+# The tests of the smoke studies (ablation, degradation: session fixtures) run on one xdist worker,
+# so each study trains once: as module fixtures on both workers they were trained 2-3 times.
+on_the_studies_worker = pytest.mark.xdist_group('cifar_studies')
 needs_cifar10 = pytest.mark.skipif(
     helpers.shared_tfds_dataset('cifar10') is None,
     reason='CIFAR-10 (tfds array_record) not found under $TFDS_DATA_DIR; '
@@ -63,6 +62,7 @@ def degradation(tmp_path_factory):
 
 
 @needs_cifar10
+@on_the_studies_worker
 def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
   out, _ = ablation  # How long it took is the benchmarks' business, not a test's.
   rows = _csv(out / 'results.csv')
@@ -94,6 +94,7 @@ def test_activation_ablation_smoke_writes_table_csv_and_plots(ablation):
 
 
 @needs_cifar10
+@on_the_studies_worker
 def test_degradation_smoke_writes_table_verdict_and_fig6(degradation):
   out, stdout = degradation
   rows = _csv(out / 'results.csv')
@@ -110,6 +111,7 @@ def test_degradation_smoke_writes_table_verdict_and_fig6(degradation):
 
 
 @needs_cifar10
+@on_the_studies_worker
 def test_rerun_skips_finished_runs(ablation):
   out, _ = ablation
   runs = sorted((out / 'runs').glob('*/*'))
@@ -122,6 +124,7 @@ def test_rerun_skips_finished_runs(ablation):
 
 
 @needs_cifar10
+@on_the_studies_worker
 def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp_path):
   docs = tmp_path / 'results.md'
   docs.write_text('# Measured results\n\nHand-written part.\n')
@@ -143,6 +146,7 @@ def test_report_publishes_the_studies_between_markers(ablation, degradation, tmp
 
 
 @needs_cifar10
+@on_the_studies_worker
 def test_the_report_rebuilds_a_study_from_its_committed_files_alone(degradation, tmp_path):
   """What docs/results/ commits (results.json, the files it lists, each run's metrics.jsonl and
   config.json) is enough to recompute the study's tables, plot and verdicts."""
@@ -191,10 +195,12 @@ def test_the_committed_results_rebuild_to_the_same_verdicts_and_tables(tmp_path)
 
 @pytest.mark.slow
 @needs_cifar10
+@on_the_studies_worker
 def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
   out = tmp_path / 'killed'
+  # One of the two runs (its name and config as in the whole study): the kill is the point.
   command = [sys.executable, '-m', 'experiments.activation_ablation', '--budget', 'smoke',
-             '--results_dir', str(out)]
+             '--results_dir', str(out), '--placements', 'original']
   proc = subprocess.Popen(command, cwd=ROOT, env=helpers.env(1), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
   checkpoint = out / 'runs' / 'original-d20-s0' / 'checkpoints' / '10'
@@ -211,7 +217,8 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
   resumed = _csv(out / 'results.csv')
   uninterrupted = _csv(ablation[0] / 'results.csv')
   assert [(r['placement'], r['test_error'], r['train_error']) for r in resumed] == [
-      (r['placement'], r['test_error'], r['train_error']) for r in uninterrupted]
+      (r['placement'], r['test_error'], r['train_error']) for r in uninterrupted[:1]]
+  assert uninterrupted[0]['placement'] == 'original'
 
 
 def test_paper_numbers_match_the_reference_file():
