@@ -263,6 +263,10 @@ def check_placement(placement: Placement) -> None:
     raise UserError(f'--cpus_per_run={placement.cpus_per_run} must be positive.')
   if placement.gpus_per_run is not None and placement.gpus_per_run < 0:
     raise UserError(f'--gpus_per_run={placement.gpus_per_run} must be 0 or more.')
+  if placement.gpus_per_run is not None and placement.gpus_per_run > 1 and (
+      placement.gpus_per_run != int(placement.gpus_per_run)):
+    raise UserError(f'--gpus_per_run={placement.gpus_per_run:g}: above 1, Ray gives whole GPUs '
+                    'only; ask for a fraction of one GPU or a whole number.')
   if placement.processes_per_run < 1:
     raise UserError(f'--processes_per_run={placement.processes_per_run} must be at least 1.')
   if placement.cluster != 'local' and placement.jobs != 1:

@@ -58,3 +58,11 @@ def test_a_study_s_own_process_leaves_the_accelerators_to_its_runs(environ, plat
                           capture_output=True, text=True, timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split() == [platforms]
+
+
+def test_a_gpu_count_ray_cannot_give_is_one_line():
+  from resnet_jax.errors import UserError
+  with pytest.raises(UserError, match=r'--gpus_per_run=1.5: above 1, Ray gives whole GPUs only'):
+    runner.check_placement(Placement(gpus_per_run=1.5))
+  runner.check_placement(Placement(gpus_per_run=2.0))
+  runner.check_placement(Placement(gpus_per_run=0.25))
