@@ -353,6 +353,9 @@ def _ray(placement: Placement):
   kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                 runtime_env=runtime_env)
   if placement.cluster == 'local':
+    # Ray's default for a new local instance, token authentication, named so that Ray does not
+    # warn on the study's console that it chose it; RAY_AUTH_MODE=disabled still opts out.
+    os.environ.setdefault('RAY_AUTH_MODE', 'token')
     # address='local' starts a new instance even where a cluster runs (RAY_ADDRESS, or one
     # started on this machine), which ray.init() alone would join.
     kwargs.update(address='local', num_cpus=hardware.cpu_count(),

@@ -57,6 +57,15 @@ def test_a_run_that_asks_for_no_gpu_is_given_none():
     assert ray.get(ray.remote(num_gpus=0)(_visible_gpus).remote()) == ''
 
 
+def test_the_embedded_instance_starts_without_a_warning_on_the_study_s_console(monkeypatch, capfd):
+  """Left unset, RAY_AUTH_MODE makes Ray choose token authentication for a new local instance and
+  warn about that choice on the console; the runner names the same choice, and Ray says nothing."""
+  monkeypatch.delenv('RAY_AUTH_MODE', raising=False)
+  with runner._ray(runner.Placement()):  # pylint: disable=protected-access
+    assert os.environ['RAY_AUTH_MODE'] == 'token'
+  assert 'Token authentication' not in capfd.readouterr().err
+
+
 def test_a_run_that_a_trainer_outside_the_sweep_holds_is_reported_in_use_and_left_alone(
     tmp_path):
   """issue 21: the row says what the run's own state is (trained by another process now),
