@@ -5,7 +5,8 @@
 
 With --results_dir, each folder's results.json manifest (experiments.publish.write_manifest), the
 files it lists, and each run's metrics.jsonl and config.json are copied to
-docs/results/<study>-<budget>/. Then, for every folder under docs/results/, a study that can
+docs/results/<study>-<budget>/, or docs/results/NAME/ with --name NAME (one folder): the same
+study and budget measured on other hardware is published beside the first, not over it. Then, for every folder under docs/results/, a study that can
 (`republish`) recomputes its tables, plots and verdicts from those committed files alone, and
 the section between the markers below is rewritten from the manifests; the hand-written rest of
 docs/results.md is kept. A --results_dir that cannot be published (missing, a file, no valid
@@ -20,6 +21,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -34,22 +36,29 @@ END = '<!-- experiments:end -->'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def portable_command(manifest: dict) -> str:
+def default_name(manifest: dict) -> str:
+  return f'{manifest["study"]}-{manifest["budget"]}'
+
+
+def portable_command(manifest: dict, name: str | None = None) -> str:
   """The study's command with its --results_dir made a relative folder that anyone can use."""
+  folder = f'results/{name or default_name(manifest)}'
   words = shlex.split(manifest['command'])
   for i, word in enumerate(words):
     if word == '--results_dir' and i + 1 < len(words):
-      words[i + 1] = f'results/{manifest["study"]}-{manifest["budget"]}'
+      words[i + 1] = folder
     elif word.startswith('--results_dir='):
-      words[i] = f'--results_dir=results/{manifest["study"]}-{manifest["budget"]}'
+      words[i] = f'--results_dir={folder}'
   return shlex.join(words)
 
 
 def section(manifest: dict, rel_dir: str) -> str:
   minutes = manifest.get('runs_wall_s', manifest.get('wall_s', 0)) / 60
   versions = ', '.join(f'{k} {v}' for k, v in manifest.get('versions', {}).items())
-  lines = [f'### {manifest["study"]} ({manifest["budget"]} budget)', '',
-           f'`{portable_command(manifest)}`', '',
+  name = os.path.basename(rel_dir)
+  title = f'### {manifest["study"]} ({manifest["budget"]} budget)'
+  lines = [title + (f': {name}' if name != default_name(manifest) else ''), '',
+           f'`{portable_command(manifest, name)}`', '',
            f'Hardware: {manifest["hardware"]}. Versions: {versions}. Training time: '
            f'{minutes:.1f} min over {manifest["num_runs"]} runs'
            f' ({manifest.get("failed_runs", 0)} failed); the whole command took '
@@ -79,11 +88,11 @@ def check_publishable(results_dir: str) -> dict:
   return manifest
 
 
-def copy_in(results_dir: str, manifest: dict, docs_dir: str) -> str:
-  """Copies a study's results folder into docs/results/<study>-<budget>/: its manifest, the files
-  it lists and each run's metrics.jsonl and config.json. The copy is made beside the old folder
-  and renamed over it: an interrupted report leaves the old one whole."""
-  target = os.path.join(docs_dir, 'results', f'{manifest["study"]}-{manifest["budget"]}')
+def copy_in(results_dir: str, manifest: dict, docs_dir: str, name: str) -> str:
+  """Copies a study's results folder into docs/results/<name>/: its manifest, the files it lists
+  and each run's metrics.jsonl and config.json. The copy is made beside the old folder and
+  renamed over it: an interrupted report leaves the old one whole."""
+  target = os.path.join(docs_dir, 'results', name)
   staged, old = f'{target}.new-{os.getpid()}', f'{target}.old-{os.getpid()}'
   shutil.rmtree(staged, ignore_errors=True)
   run_files = [os.path.join(row['workdir'], name) for row in manifest.get('rows', [])
@@ -122,7 +131,28 @@ def _sections(text: str) -> dict[str, str]:
   generated = text[text.find(BEGIN.split(' (')[0]):text.index(END)]
   blocks = generated.split('\n### ')[1:]
   return {'-'.join(b.split(' budget)')[0].split(' (')): '### ' + b.rstrip('\n') + '\n'
-          for b in blocks if ' budget)' in b.split('\n')[0]}
+          for b in blocks if b.split('\n')[0].endswith(' budget)')}
+
+
+NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]*')
+
+
+def targets(results_dirs: list[str], manifests: list[dict], name: str | None) -> list[str]:
+  """The folder name under docs/results/ of each results folder, or UserError: --name needs one
+  folder, and two folders may not publish to one name (the second would replace the first)."""
+  if name is not None:
+    if len(results_dirs) != 1:
+      raise UserError(f'--name={name} names the published folder of one --results_dir, and '
+                      f'{len(results_dirs)} are given; publish them one at a time.')
+    if not NAME.fullmatch(name):
+      raise UserError(f'--name={name!r} is no folder name: letters, digits, ".", "_" and "-", '
+                      'starting with a letter or digit, e.g. degradation-cpu-h200.')
+  names = [name or default_name(m) for m in manifests]
+  for i, n in enumerate(names):
+    if n in names[:i]:
+      raise UserError(f'--results_dir {results_dirs[names.index(n)]} and {results_dirs[i]} would '
+                      f'both be published as docs/results/{n}/; publish one of them with --name.')
+  return names
 
 
 @cli.one_line_errors
@@ -131,6 +161,10 @@ def main(argv=None) -> int:
   parser.add_argument('--results_dir', nargs='*', default=[],
                       help='results folders of studies to publish (default: none; the folders '
                            'under docs/results/ are rebuilt either way)')
+  parser.add_argument('--name', default=None,
+                      help='the folder under docs/results/ to publish one --results_dir as '
+                           '(default: <study>-<budget>), e.g. degradation-cpu-h200 for a study '
+                           'and budget already published from other hardware')
   parser.add_argument('--docs', default=os.path.join(ROOT, 'docs', 'results.md'),
                       help='the results page to update (default: docs/results.md)')
   args = parser.parse_args(argv)
@@ -139,8 +173,9 @@ def main(argv=None) -> int:
     raise UserError(f'--docs={args.docs} must name a file in an existing directory.')
   # Every folder is checked before anything is copied: a bad one changes nothing.
   manifests = [check_publishable(d) for d in args.results_dir]
-  for results_dir, manifest in zip(args.results_dir, manifests):
-    copy_in(results_dir, manifest, docs_dir)
+  names = targets(args.results_dir, manifests, args.name)
+  for results_dir, manifest, name in zip(args.results_dir, manifests, names):
+    copy_in(results_dir, manifest, docs_dir, name)
   text = open(args.docs).read() if os.path.exists(args.docs) else '# Measured results\n'
   old = _sections(text)
   parts = []

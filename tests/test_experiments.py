@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -465,3 +466,34 @@ def test_a_second_study_on_a_results_dir_in_use_is_refused_before_it_writes(tmp_
                          f'{os.getpid()} on '), line
   assert line.endswith('; wait for it to finish, stop it, or choose another --results_dir.')
   assert sorted(p.name for p in out.iterdir()) == ['.lock']
+
+
+def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_first(
+    tmp_path, capsys):
+  """--name publishes a results folder under a name of its own; two folders that would share one
+  name, --name with two folders, or a name that is no folder name are one line, and change
+  nothing."""
+  from experiments import report
+  measured = tmp_path / 'degradation-cpu'
+  shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'degradation-cpu'), measured)
+  page = tmp_path / 'docs' / 'results.md'
+  page.parent.mkdir()
+  assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
+  before = page.read_text()
+  for argv, message in (
+      (['--results_dir', str(measured), str(measured)], 'would both be published as'),
+      (['--results_dir', str(measured), str(measured), '--name', 'x'], 'publish them one at a'),
+      (['--results_dir', str(measured), '--name', '../x'], 'is no folder name')):
+    with pytest.raises(SystemExit) as exit_:
+      report.main(['--docs', str(page), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and message in err[0], (argv, err)
+    assert page.read_text() == before
+  assert report.main(['--docs', str(page), '--results_dir', str(measured),
+                      '--name', 'degradation-cpu-h200']) == 0
+  text = page.read_text()
+  assert sorted(p.name for p in (tmp_path / 'docs' / 'results').iterdir()) == [
+      'degradation-cpu', 'degradation-cpu-h200']
+  assert text.count('### degradation (cpu budget)\n') == 1
+  assert '### degradation (cpu budget): degradation-cpu-h200\n' in text
+  assert '--results_dir results/degradation-cpu-h200`' in text
