@@ -10,8 +10,8 @@ study and budget measured on other hardware is published beside the first, not o
 (`republish`) recomputes its tables, plots and verdicts from those committed files alone, and
 the section between the markers below is rewritten from the manifests; the hand-written rest of
 docs/results.md is kept. A --results_dir that cannot be published (missing, a file, no valid
-manifest, a command that is not an `experiments.` module, a listed file missing) ends the command
-in one line before anything is written; a folder under docs/results/ without a valid manifest is
+manifest, a command that is not an `experiments.` module, a listed file missing, a published
+folder that holds another study) ends the command in one line before anything is written; a folder under docs/results/ without a valid manifest is
 left out with a warning. Folders are replaced by renaming a complete copy over the old one, and
 docs/results.md by an atomic rename; a report that finds no study changes nothing.
 """
@@ -155,6 +155,20 @@ def targets(results_dirs: list[str], manifests: list[dict], name: str | None) ->
   return names
 
 
+def check_replaceable(docs_dir: str, name: str, manifest: dict) -> None:
+  """UserError if docs/results/<name> holds another study or budget, which publishing there
+  would replace."""
+  folder = os.path.join(docs_dir, 'results', name)
+  try:
+    published, _ = publish.read_manifest(folder)
+  except UserError:
+    return  # Nothing there, or nothing a report wrote.
+  if default_name(published) != default_name(manifest):
+    raise UserError(f'docs/results/{name}/ holds {published["study"]} ({published["budget"]} '
+                    f'budget), which publishing {manifest["study"]} ({manifest["budget"]} budget) '
+                    'there would replace; give another --name.')
+
+
 @cli.one_line_errors
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -174,6 +188,8 @@ def main(argv=None) -> int:
   # Every folder is checked before anything is copied: a bad one changes nothing.
   manifests = [check_publishable(d) for d in args.results_dir]
   names = targets(args.results_dir, manifests, args.name)
+  for name, manifest in zip(names, manifests):
+    check_replaceable(docs_dir, name, manifest)
   for results_dir, manifest, name in zip(args.results_dir, manifests, names):
     copy_in(results_dir, manifest, docs_dir, name)
   text = open(args.docs).read() if os.path.exists(args.docs) else '# Measured results\n'

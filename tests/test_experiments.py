@@ -471,11 +471,13 @@ def test_a_second_study_on_a_results_dir_in_use_is_refused_before_it_writes(tmp_
 def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_first(
     tmp_path, capsys):
   """--name publishes a results folder under a name of its own; two folders that would share one
-  name, --name with two folders, or a name that is no folder name are one line, and change
-  nothing."""
+  name, --name with two folders, a name that is no folder name, or one that holds another study
+  are one line, and change nothing."""
   from experiments import report
   measured = tmp_path / 'degradation-cpu'
   shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'degradation-cpu'), measured)
+  lesion = tmp_path / 'lesion-cpu'
+  shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'lesion-cpu'), lesion)
   page = tmp_path / 'docs' / 'results.md'
   page.parent.mkdir()
   assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
@@ -483,7 +485,9 @@ def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_f
   for argv, message in (
       (['--results_dir', str(measured), str(measured)], 'would both be published as'),
       (['--results_dir', str(measured), str(measured), '--name', 'x'], 'publish them one at a'),
-      (['--results_dir', str(measured), '--name', '../x'], 'is no folder name')):
+      (['--results_dir', str(measured), '--name', '../x'], 'is no folder name'),
+      (['--results_dir', str(lesion), '--name', 'degradation-cpu'],
+       'holds degradation (cpu budget), which publishing lesion (cpu budget) there would replace')):
     with pytest.raises(SystemExit) as exit_:
       report.main(['--docs', str(page), *argv])
     err = capsys.readouterr().err.strip().splitlines()
