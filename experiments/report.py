@@ -5,15 +5,16 @@
 
 With --results_dir, each folder's results.json manifest (experiments.publish.write_manifest), the
 files it lists, and each run's metrics.jsonl and config.json are copied to
-docs/results/<study>-<budget>/, or docs/results/NAME/ with --name NAME (one folder): the same
-study and budget measured on other hardware is published beside the first, not over it. Then, for every folder under docs/results/, a study that can
-(`republish`) recomputes its tables, plots and verdicts from those committed files alone, and
-the section between the markers below is rewritten from the manifests; the hand-written rest of
-docs/results.md is kept. A --results_dir that cannot be published (missing, a file, no valid
-manifest, a command that is not an `experiments.` module, a listed file missing, a published
-folder that holds another study) ends the command in one line before anything is written; a folder under docs/results/ without a valid manifest is
-left out with a warning. Folders are replaced by renaming a complete copy over the old one, and
-docs/results.md by an atomic rename; a report that finds no study changes nothing.
+docs/results/<study>-<budget>/, or docs/results/NAME/ with --name NAME (one folder): the same study
+and budget measured on other hardware is published beside the first, not over it. Then, for every
+folder under docs/results/, a study that can (`republish`) recomputes its tables, plots and
+verdicts from those committed files alone, and the section between the markers below is rewritten
+from the manifests; the hand-written rest of docs/results.md is kept. A --results_dir that cannot
+be published (missing, a file, no valid manifest, a command that is not an `experiments.` module, a
+listed file missing, a published folder that holds another study) ends the command in one line
+before anything is written; a folder under docs/results/ without a valid manifest is left out with
+a warning. Folders are replaced by renaming a complete copy over the old one, and docs/results.md
+by an atomic rename; a report that finds no study changes nothing.
 """
 
 import argparse
