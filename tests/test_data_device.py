@@ -314,9 +314,9 @@ def test_both_paths_reach_the_same_cifar10_accuracy(tmp_path):
 
   def accuracy(pipeline, **data):
     config = cifar10_resnet20.get_config()
-    config.num_train_steps, config.lr_boundaries = 250, (200,)
-    config.log_every_steps = 50
-    config.eval_every_steps = config.checkpoint_every_steps = 250
+    config.num_train_steps, config.lr_boundaries = 120, (96,)
+    config.log_every_steps = 40
+    config.eval_every_steps = config.checkpoint_every_steps = 120
     config.data.pipeline = pipeline
     for key, value in data.items():
       config.data[key] = value
@@ -327,8 +327,9 @@ def test_both_paths_reach_the_same_cifar10_accuracy(tmp_path):
   grain_accuracy = accuracy('grain', worker_count=2)
   device_accuracy = accuracy('device')
   # Same init, same record order (one process), other augmentation draws. Measured on the CPU
-  # for seeds 0, 1, 2: grain 45.85%, 47.37%, 47.70%; device 46.40%, 46.78%, 46.73%. So the
-  # bound is about 2.5 times the spread over seeds. The 40% floor is also the check that the
-  # 2015 recipe learns on real CIFAR-10 in 250 steps (0.64 epoch; chance is 10%).
-  assert device_accuracy >= 0.40 and grain_accuracy >= 0.40
+  # for seeds 0, 1, 2: grain 35.55%, 40.60%, 37.48%; device 37.56%, 40.16%, 38.47%, so the
+  # paths differed by 2.0, 0.4 and 1.0 points, and the bound is 2.5 times the largest. The 30%
+  # floor (5 points under the lowest) is also the check that the 2015 recipe learns on real
+  # CIFAR-10 in 120 steps (0.31 epoch; chance is 10%).
+  assert device_accuracy >= 0.30 and grain_accuracy >= 0.30
   assert abs(device_accuracy - grain_accuracy) <= 0.05, (grain_accuracy, device_accuracy)
