@@ -138,16 +138,21 @@ def _sections(text: str) -> dict[str, str]:
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]*')
 
 
+def check_name(name: str | None, results_dirs: list[str]) -> None:
+  """UserError unless --name is a plain folder name given with one --results_dir."""
+  if name is None:
+    return
+  if len(results_dirs) != 1:
+    raise UserError(f'--name={name} names the published folder of one --results_dir, and '
+                    f'{len(results_dirs)} are given; publish them one at a time.')
+  if not NAME.fullmatch(name):
+    raise UserError(f'--name={name!r} is no folder name: letters, digits, ".", "_" and "-", '
+                    'starting with a letter or digit, e.g. degradation-cpu-h200.')
+
+
 def targets(results_dirs: list[str], manifests: list[dict], name: str | None) -> list[str]:
-  """The folder name under docs/results/ of each results folder, or UserError: --name needs one
-  folder, and two folders may not publish to one name (the second would replace the first)."""
-  if name is not None:
-    if len(results_dirs) != 1:
-      raise UserError(f'--name={name} names the published folder of one --results_dir, and '
-                      f'{len(results_dirs)} are given; publish them one at a time.')
-    if not NAME.fullmatch(name):
-      raise UserError(f'--name={name!r} is no folder name: letters, digits, ".", "_" and "-", '
-                      'starting with a letter or digit, e.g. degradation-cpu-h200.')
+  """The folder name under docs/results/ of each results folder, or UserError where two would
+  publish to one name (the second would replace the first)."""
   names = [name or default_name(m) for m in manifests]
   for i, n in enumerate(names):
     if n in names[:i]:
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
   if os.path.isdir(args.docs) or not os.path.isdir(docs_dir):
     raise UserError(f'--docs={args.docs} must name a file in an existing directory.')
   # Every folder is checked before anything is copied: a bad one changes nothing.
+  check_name(args.name, args.results_dir)
   manifests = [check_publishable(d) for d in args.results_dir]
   names = targets(args.results_dir, manifests, args.name)
   for name, manifest in zip(names, manifests):
