@@ -334,6 +334,25 @@ def run_sweep(runs: list[Run], results_dir: str, placement: Placement = Placemen
   return [rows[run.name] for run in runs]
 
 
+class _DropPrefix(logging.Filter):
+  def __init__(self, prefix: str):
+    super().__init__()
+    self.prefix = prefix
+
+  def filter(self, record):
+    return not record.getMessage().startswith(self.prefix)
+
+
+def _quiet(logger: logging.Logger, prefix: str) -> None:
+  """Drops `logger`'s records that start with `prefix` (once installed, for the process).
+
+  Used for Ray's notice that a new local instance uses token authentication, its default where
+  RAY_AUTH_MODE is unset: it reads as a problem on the study's console and asks nothing of the
+  user. Setting RAY_AUTH_MODE instead would not do: Ray reads it when it is imported."""
+  if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
+    logger.addFilter(_DropPrefix(prefix))
+
+
 @contextlib.contextmanager
 def _ray(placement: Placement):
   """Ray, connected: an embedded instance for 'local' (stopped at the end), else the cluster."""
@@ -353,9 +372,6 @@ def _ray(placement: Placement):
   kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                 runtime_env=runtime_env)
   if placement.cluster == 'local':
-    # Ray's default for a new local instance, token authentication, named so that Ray does not
-    # warn on the study's console that it chose it; RAY_AUTH_MODE=disabled still opts out.
-    os.environ.setdefault('RAY_AUTH_MODE', 'token')
     # address='local' starts a new instance even where a cluster runs (RAY_ADDRESS, or one
     # started on this machine), which ray.init() alone would join.
     kwargs.update(address='local', num_cpus=hardware.cpu_count(),
@@ -365,6 +381,8 @@ def _ray(placement: Placement):
     kwargs['address'] = placement.cluster
   started = not ray.is_initialized()
   if started:
+    _quiet(logging.getLogger('ray._private.authentication.authentication_token_setup'),
+           'Token authentication is enabled for this Ray cluster')
     try:
       with warnings.catch_warnings():
         # Ray starts its processes with fork-exec, which the warning (meant for a fork that
