@@ -96,8 +96,8 @@ def copy_in(results_dir: str, manifest: dict, docs_dir: str, name: str) -> str:
   target = os.path.join(docs_dir, 'results', name)
   staged, old = f'{target}.new-{os.getpid()}', f'{target}.old-{os.getpid()}'
   shutil.rmtree(staged, ignore_errors=True)
-  run_files = [os.path.join(row['workdir'], name) for row in manifest.get('rows', [])
-               if isinstance(row.get('workdir'), str) for name in ('metrics.jsonl', 'config.json')]
+  run_files = [os.path.join(row['workdir'], file) for row in manifest.get('rows', [])
+               if isinstance(row.get('workdir'), str) for file in ('metrics.jsonl', 'config.json')]
   for f in ['results.json', *manifest['files'], *run_files]:
     if os.path.exists(os.path.join(results_dir, f)):
       os.makedirs(os.path.dirname(os.path.join(staged, f)), exist_ok=True)
