@@ -72,8 +72,8 @@ class Budget:
 
 
 BUDGETS = {
-    # The machinery only: ResNet-20 (9 units) trained 60 steps, near chance.
-    'smoke': Budget(depth=20, seeds=1, steps=60, batch_size=64, warmup_steps=6,
+    # The machinery only: ResNet-20 (9 units) trained 30 steps, near chance.
+    'smoke': Budget(depth=20, seeds=1, steps=30, batch_size=64, warmup_steps=3,
                     eval_split='test[:500]', evals=1, draws=2),
     # Pre-act ResNet-20 (9 units, 7 of them same-shape) and plain-20, 3,000 steps of batch 128
     # with augmentation (7.7 epochs; the 2015 ResNet-20 reached 19.95% test error so,

@@ -197,29 +197,30 @@ def test_the_committed_results_rebuild_to_the_same_verdicts_and_tables(tmp_path)
 @pytest.mark.slow
 @needs_cifar10
 @on_the_studies_worker
-def test_sweep_killed_mid_run_resumes_to_the_same_results(ablation, tmp_path):
+def test_sweep_killed_mid_run_resumes_to_the_same_results(degradation, tmp_path):
   out = tmp_path / 'killed'
-  # One of the two runs (its name and config as in the whole study): the kill is the point.
-  command = [sys.executable, '-m', 'experiments.activation_ablation', '--budget', 'smoke',
-             '--results_dir', str(out), '--placements', 'original']
+  # Two of the study's four runs, with a checkpoint at step 10 of 20, which the smoke budget does
+  # not save: that changes no result, but gives the runs names of their own,
+  # plain-d20-s0-v<hash of the changed settings>. The kill is the point.
+  command = [sys.executable, '-m', 'experiments.degradation', '--budget', 'smoke',
+             '--results_dir', str(out), '--depths', '20', '--config.checkpoint_every_steps=10']
   proc = subprocess.Popen(command, cwd=ROOT, env=helpers.env(1), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
-  checkpoint = out / 'runs' / 'original-d20-s0' / 'checkpoints' / '10'
+  saved = lambda: list((out / 'runs').glob('plain-d20-s0-v*/checkpoints/10'))
   deadline = time.time() + 300
-  while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+  while not saved() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
-  time.sleep(1.0)
   os.killpg(proc.pid, signal.SIGKILL)  # Mid-run: step 10 of 20 saved, the rest not.
   proc.wait()
-  assert not (out / 'runs' / 'original-d20-s0' / 'summary.json').exists()
+  [checkpoint] = saved()
+  assert not (checkpoint.parent.parent / 'summary.json').exists()
   result = subprocess.run(command, cwd=ROOT, env=helpers.env(1), capture_output=True, text=True,
                           timeout=helpers.HANG_S)
   assert result.returncode == 0, result.stderr[-3000:]
-  resumed = _csv(out / 'results.csv')
-  uninterrupted = _csv(ablation[0] / 'results.csv')
-  assert [(r['placement'], r['test_error'], r['train_error']) for r in resumed] == [
-      (r['placement'], r['test_error'], r['train_error']) for r in uninterrupted[:1]]
-  assert uninterrupted[0]['placement'] == 'original'
+  columns = lambda rows: [(r['net'], r['depth'], r['test_error'], r['train_error'])
+                          for r in rows if r['depth'] == '20']
+  resumed, uninterrupted = _csv(out / 'results.csv'), _csv(degradation[0] / 'results.csv')
+  assert columns(resumed) == columns(uninterrupted) and len(columns(resumed)) == 2
 
 
 def test_paper_numbers_match_the_reference_file():
