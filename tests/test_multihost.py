@@ -12,13 +12,14 @@ within one process). Float32 addition is not associative: four addends reordered
 most 3 eps (3.6e-7) of their sum. Measured, the first step's losses differ in the last bit
 (2.3818817 and 2.3818815, 1.0e-7 relative). What training makes of that difference depends on
 the machine. On the 2-core EPYCs of earlier sessions the losses stayed within 2e-7 over the 6
-steps. On a 2-core EPYC with AVX-512 (2026-12-04) the first three stayed within 1.0e-7, and the
-next three drifted to 6e-6, 9e-5 and 3e-4. There the third update already differed by up to
-2.3e-5 in the stem's kernel, and the final parameters by up to 1.1e-3; I have not isolated why.
-So the sharp check is on what no update has touched yet: the first two steps' losses, to 1e-6
-relative. A batch on the wrong device, BN statistics or gradients not averaged over both
-processes all differ there by far more. The whole run is held to 5 times that machine's drift:
-losses to 2e-3 relative, parameters to 5e-3 absolute.
+steps. On a 2-core EPYC with AVX-512 the first three stayed within 1.0e-7, and the next three
+drifted to 6e-6, 9e-5 and 3e-4; there the third update already differed by up to 2.3e-5 in the
+stem's kernel, and the final parameters by up to 1.1e-3 (why that CPU carries the rounding
+further is not isolated). So the sharp check is where the drift has not begun: the first two
+steps' losses, to 1e-6 relative. The first holds the batches each device sees and the BN
+statistics averaged over both processes, the second the first update's averaged gradients. The
+whole run is held to 5 times that machine's drift: losses to 2e-3 relative, parameters to 5e-3
+absolute.
 """
 
 import subprocess
