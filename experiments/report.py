@@ -162,13 +162,18 @@ def targets(results_dirs: list[str], manifests: list[dict], name: str | None) ->
 
 
 def check_replaceable(docs_dir: str, name: str, manifest: dict) -> None:
-  """UserError if docs/results/<name> holds another study or budget, which publishing there
-  would replace."""
+  """UserError if docs/results/<name> holds anything but this study and budget's results, which
+  publishing there would replace."""
   folder = os.path.join(docs_dir, 'results', name)
+  if not os.path.lexists(folder):
+    return
   try:
     published, _ = publish.read_manifest(folder)
   except UserError:
-    return  # Nothing there, or nothing a report wrote.
+    if name == default_name(manifest):  # The report's own name: published before manifests.
+      return
+    raise UserError(f'docs/results/{name}/ exists and holds no study\'s results.json, which '
+                    'publishing there would replace; give another --name.') from None
   if default_name(published) != default_name(manifest):
     raise UserError(f'docs/results/{name}/ holds {published["study"]} ({published["budget"]} '
                     f'budget), which publishing {manifest["study"]} ({manifest["budget"]} budget) '
