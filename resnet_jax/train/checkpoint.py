@@ -106,10 +106,11 @@ class Checkpointer:
         save_decision_policy=checkpoint_managers.ContinuousCheckpointingPolicy(),
         create=True)
     self.manager = ocp.CheckpointManager(
-        directory, options=options, item_names=('state', 'data', 'config'),
+        directory, options=options, item_names=('state', 'data', 'config', 'train_window'),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': grain.checkpoint.CheckpointHandler(),
-                       'config': ocp.JsonCheckpointHandler()})
+                       'config': ocp.JsonCheckpointHandler(),
+                       'train_window': ocp.JsonCheckpointHandler()})
     self._pending = None
     self._errors = _OrbaxErrorFilter()
     logging.getLogger('absl').addFilter(self._errors)
@@ -117,15 +118,19 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator, config: dict) -> None:
+  def save(self, step: int, state: Any, data_iterator, config: dict,
+           train_window: dict | None = None) -> None:
     """Starts an asynchronous save; `state` must be replicated global arrays.
 
     `data_iterator` is None where the data is a function of the step alone (the device data
-    path): the checkpoint then holds no data item.
+    path): the checkpoint then holds no data item. `train_window`: the train metrics summed
+    since the last log step (JSON), which a run resumed here goes on summing.
     """
     self.poll()
     self._check_space(step, sum(x.nbytes for x in jax.tree.leaves(state)))
     items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+    if train_window is not None:
+      items['train_window'] = ocp.args.JsonSave(train_window)
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     args = ocp.args.Composite(**items)
@@ -227,6 +232,13 @@ class Checkpointer:
           + '). Nothing was changed. Move the checkpoints aside to start the run afresh, or '
           'choose another --workdir.')
     return None, state_like
+
+  def train_window(self, step: int) -> dict | None:
+    """The `train_window` saved with `step`, or None (a checkpoint saved without one)."""
+    if not (epath.Path(self.directory) / str(step) / 'train_window').exists():
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(
+        train_window=ocp.args.JsonRestore())).train_window
 
   def _check_fits(self, step: int, metadata, abstract) -> None:
     """Raises CheckpointMismatch if the saved arrays are not the arrays of this model."""

@@ -171,10 +171,29 @@ def _train_scalars(metrics, par, steps: int) -> dict:
   m = par.host_value(metrics)
   return {'train/loss': m.loss.compute(), 'train/accuracy': m.accuracy.compute(),
           'train/top5_accuracy': m.top5_accuracy.compute(),
-          # How many steps this record averages (a resumed run's first record may cover fewer).
+          # How many steps this record averages (fewer in the first record of a run resumed from
+          # a checkpoint that holds no train window).
           'train/steps': steps,
           'train/nonfinite_steps': int(round(float(m.nonfinite.compute()) * steps)),
           'first_nonfinite_step': int(m.first_nonfinite.compute())}
+
+
+def _saved_window(window, par, steps: int) -> dict:
+  """The train metrics summed since the last log step, as JSON for a checkpoint: a checkpoint
+  off a log step (a signal, checkpoint_every_steps) would otherwise lose them, and the run
+  resumed there would log averages over fewer steps than an uninterrupted one."""
+  sums = {} if window is None else flax.serialization.to_state_dict(par.host_value(window))
+  return {'steps': steps, 'sums': jax.tree.map(lambda x: np.asarray(x).item(), sums)}
+
+
+def _restored_window(saved: dict | None, par):
+  """(window, steps) from _saved_window's record, on the devices as the train step returns it."""
+  if not saved or not saved['steps']:
+    return None, 0
+  empty = step_lib.TrainMetrics.empty()
+  sums = jax.tree.map(lambda like, x: np.asarray(x, like.dtype),
+                      flax.serialization.to_state_dict(empty), saved['sums'])
+  return par.replicate(flax.serialization.from_state_dict(empty, sums)), saved['steps']
 
 
 def _train_record(workdir: str, step: int) -> dict:
@@ -259,8 +278,8 @@ def _loop(r: _Run, state) -> dict:
       return json.load(f)
   if is_main:
     workdir_lib.record_config(workdir, config, restored_step)
-  ckpt.best.best_step, best_accuracy = best_eval_step(
-      [m for m in read_metrics(workdir) if m['step'] <= start_step], set(ckpt.all_steps()))
+  logged = [m for m in read_metrics(workdir) if m['step'] <= start_step]
+  ckpt.best.best_step, best_accuracy = best_eval_step(logged, set(ckpt.all_steps()))
 
   train_step = step_lib.configured_train_step(config)
   if train_iterator is None:
@@ -276,7 +295,9 @@ def _loop(r: _Run, state) -> dict:
   progress = Progress(total_steps, config.batch_size, start_step)
   batches = par.prefetch(items, config.data.prefetch_to_device,
                          place=lambda item: (par.put_batch(item[0]), item[1]))
-  window, window_steps, nonfinite_steps = None, 0, 0
+  window, window_steps = _restored_window(
+      None if restored_step is None else ckpt.train_window(restored_step), par)
+  nonfinite_steps = sum(m.get('train/nonfinite_steps', 0) for m in logged)
   eval_scalars, last_train = {}, _train_record(workdir, start_step)
   started = time.perf_counter()
   step = start_step
@@ -326,7 +347,8 @@ def _loop(r: _Run, state) -> dict:
           window, window_steps = None, 0
       if save_now:
         # Saved before the eval, so an eval that fails loses no training.
-        ckpt.save(step, par.to_global(state), train_iterator, record)
+        ckpt.save(step, par.to_global(state), train_iterator, record,
+                  _saved_window(window, par, window_steps))
       if eval_now:
         eval_scalars = evaluate(state)
         writer.write(step, eval_scalars)
