@@ -274,6 +274,10 @@ def parse_flags(argv: list[str], required: tuple[str, ...] = (),
   try:
     try:
       rest = flags.FLAGS(argv)
+    except SystemExit as e:
+      # absl's --help, --helpshort and --helpfull print the usage on stdout and exit 1; the
+      # usage was what the user asked for, so the command succeeded.
+      sys.exit(0 if e.code == 1 else e.code)
     except Exception as e:  # pylint: disable=broad-except
       raise _user_error(e, argv) from None
     missing = [f'--{name}' for name in required if flags.FLAGS[name].value is None]

@@ -51,6 +51,7 @@ def test_console_script_is_the_same_entry_point():
                           timeout=helpers.HANG_S,
                           env=helpers.env())
   assert '--workdir' in result.stdout and '--config' in result.stdout
+  assert result.returncode == 0, result.stderr[-2000:]  # absl alone exits 1 after a usage.
 
 
 def test_a_relative_workdir_trains_and_checkpoints(tmp_path):

@@ -299,6 +299,7 @@ def test_the_console_script_helpshort_lists_its_flags():
                           env=helpers.env())
   for flag in ('--config', '--workdir'):
     assert flag in result.stdout, result.stdout
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def _fails_with(error):

@@ -138,5 +138,6 @@ def test_helpshort_lists_each_commands_flags():
               'resnet_jax.convert': ['--from', '--arch', '--crop_fraction']}
   results = helpers.run_modules([(m, ['--helpshort'], {}) for m in commands], timeout=1800)
   for (module, flags), result in zip(commands.items(), results):
+    assert result.returncode == 0, (module, result.stderr[-2000:])
     for flag in flags:
       assert flag in result.stdout, (module, result.stdout)
