@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks import timing
-from resnet_jax import data, flops, parallel
+from benchmarks import flops, timing
+from resnet_jax import data, parallel
 from resnet_jax.train import loop, run
 from resnet_jax.train import step as step_lib
 
@@ -31,7 +31,7 @@ class StepResult:
   times: timing.StepTimes
   lower_s: float
   compile_s: float
-  flops: int  # Matrix FLOPs of one step over all devices (resnet_jax.flops).
+  flops: int  # Matrix FLOPs of one step over all devices (benchmarks.flops).
   step_mem_bytes: int | None  # XLA's memory analysis of the compiled step, per device.
 
 
@@ -68,7 +68,7 @@ class CompiledStep:
   lower_s: float
   compile_s: float
   model: Any
-  flops: int  # Matrix FLOPs of one step over all devices (resnet_jax.flops).
+  flops: int  # Matrix FLOPs of one step over all devices (benchmarks.flops).
 
   def __call__(self):
     """One step; the donated state is replaced by the new one."""

@@ -12,7 +12,7 @@ resnet_jax/xla_flags.py, as the trainer would run it):
 
 * project: the project's train step alone (benchmarks/project.py), on a synthetic batch that
   stays on the devices: lower + compile time (jax AOT), median step time and img/s, matrix FLOPs
-  per step (resnet_jax.flops), FLOP/s and MFU against the device's peak (benchmarks/hardware.py,
+  per step (benchmarks.flops), FLOP/s and MFU against the device's peak (benchmarks/hardware.py,
   or --peak_flops), peak device memory (n/a on CPU); then the whole training loop on the config's real data
   pipeline and worker_count (steady-state img/s), and that input pipeline alone.
 * flax: a minimal Flax ResNet with a plain jax.jit step (benchmarks/peers/flax_minimal.py).

@@ -1,11 +1,12 @@
-"""resnet_jax.flops: matrix FLOPs counted on the jaxpr, the same on every backend."""
+"""benchmarks.flops: matrix FLOPs counted on the jaxpr, the same on every backend."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from resnet_jax import flops, summary
+from benchmarks import flops
+from resnet_jax import summary
 from resnet_jax.models import abstract_variables, create_model
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')

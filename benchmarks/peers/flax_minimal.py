@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from resnet_jax import flops  # The FLOP count every implementation is held to.
+from benchmarks import flops  # The FLOP count every implementation is held to.
 
 ModuleDef = Any
 
