@@ -202,9 +202,9 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(degradation, tmp_path)
   out = tmp_path / 'killed'
   # Two of the study's four runs, with a checkpoint at step 10 of 20, which the smoke budget does
   # not save: that changes no result, but gives the runs names of their own,
-  # plain-d20-s0-v<hash of the changed settings>. The kill is the point. Step 10 is also a log
-  # step: a run resumed between two log steps reports, as its train error, the mean over the
-  # steps since the resume only (the window of train metrics is not checkpointed).
+  # plain-d20-s0-v<hash of the changed settings>. The kill is the point. (A resume between two
+  # log steps, which needs the train metrics the checkpoint holds, is tests/test_resume.py's: the
+  # driver's kill reaches the Ray worker too late to stop a 20-step run between them here.)
   command = [sys.executable, '-m', 'experiments.degradation', '--budget', 'smoke',
              '--results_dir', str(out), '--depths', '20', '--config.checkpoint_every_steps=10']
   proc = subprocess.Popen(command, cwd=ROOT, env=helpers.env(1), stdout=subprocess.DEVNULL,
