@@ -289,6 +289,17 @@ def test_skipping_non_finite_updates_counts_them_and_saves_finite_weights(tmp_pa
   counted = sum(r['train/nonfinite_steps'] for r in read_metrics(workdir) if 'train/loss' in r)
   assert counted == summary['nonfinite_steps']
   assert all(_checkpoint_is_finite(workdir, s) for s in helpers.checkpoint_steps(workdir))
+  # Resumed from step 80, after the first skipped steps: the summary still counts them all.
+  skipped_by_80 = sum(r['train/nonfinite_steps'] for r in read_metrics(workdir)
+                      if 'train/loss' in r and r['step'] <= 80)
+  assert 0 < skipped_by_80 < summary['nonfinite_steps']
+  for step in (s for s in helpers.checkpoint_steps(workdir) if s > 80):
+    shutil.rmtree(workdir / 'checkpoints' / str(step))
+  (workdir / 'summary.json').unlink()
+  result = run(workdir, '--config.skip_nonfinite_updates=true', schedule=DIVERGE)
+  assert result.returncode == 0 and f'Resumed from {workdir} at step 80' in result.stderr
+  resumed = json.loads((workdir / 'summary.json').read_text())
+  assert resumed['nonfinite_steps'] == summary['nonfinite_steps']
 
 
 @pytest.fixture
