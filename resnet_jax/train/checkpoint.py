@@ -337,9 +337,22 @@ def _quiet_abandoned_reads():
     if not inspect.iscoroutine(unraisable.object):
       previous(unraisable)
 
+  # The reads that ran as asyncio Tasks say so through asyncio's logger instead, when collected:
+  # 'Task exception was never retrieved', with the traceback, for each.
+  tasks = _AbandonedOrbaxTasks()
   sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(tasks)
   try:
     yield
   finally:
-    gc.collect()  # The abandoned coroutines go now, while the hook holds.
+    gc.collect()  # The abandoned coroutines and tasks go now, while the hook and filter hold.
     sys.unraisablehook = previous
+    logging.getLogger('asyncio').removeFilter(tasks)
+
+
+class _AbandonedOrbaxTasks(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' for a task of orbax's code."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith('Task exception was never retrieved') and 'orbax' in message)
