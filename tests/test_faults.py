@@ -165,6 +165,21 @@ def test_a_newest_checkpoint_with_damaged_arrays_is_passed_over_quietly(copy):
   assert 'Traceback' not in result.stderr and 'Exception ignored' not in result.stderr
 
 
+def test_a_newest_checkpoint_with_a_damaged_train_window_is_passed_over(copy):
+  """The train window is read with the state, so its damage is that checkpoint's damage: the run
+  resumes from the one before, as for damaged arrays, and does not stop with orbax's error."""
+  files = [f for f in (copy / 'checkpoints' / str(STEPS) / 'train_window').rglob('*')
+           if f.is_file()]
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[:5])  # Truncated, as by a crash mid-write.
+  (copy / 'summary.json').unlink()
+  result = run(copy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Moved the unreadable checkpoint of step {STEPS} aside' in result.stderr
+  assert f'Resumed from {copy} at step {helpers.checkpoint_steps(copy)[-2]}' in result.stderr
+
+
 def _abandon_a_failed_task(filename: str) -> None:
   """A task of code from `filename` that fails with no one to retrieve its exception, as orbax's
   other reads of a damaged checkpoint do, collected when this returns."""

@@ -111,7 +111,7 @@ def test_an_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path):
   built = run.build(run.prepare(config), parallel.DataParallel('shard_map', jax.devices()[:1]))
   it = loop.ConsumedIterator(data.create_train_iterator(built.config.data, global_batch_size=128,
                                                         seed=0))
-  step, _ = ckpt.restore(built.state, it, workdir.as_dict(built.config))
+  step, _, _ = ckpt.restore(built.state, it, workdir.as_dict(built.config))
   ckpt.close()
   assert step == 2
   # Nothing was deleted: the unreadable one was moved aside, so step 4 can be saved again.

@@ -182,7 +182,7 @@ class Checkpointer:
         'space (or fix the error) and rerun the same command to resume.')
 
   def restore(self, state_like: Any, data_iterator, config: dict,
-              allow_config_change: bool = False) -> tuple[int | None, Any]:
+              allow_config_change: bool = False) -> tuple[int | None, Any, dict | None]:
     """Restores the newest readable checkpoint into the shapes and shardings of `state_like`,
     and `data_iterator` (None on the device data path) to the position saved with it.
 
@@ -190,8 +190,9 @@ class Checkpointer:
     over with a warning for the next older one, and moved aside to `corrupt-<step>/` once an older
     one has been restored, so the run can save that step again. A checkpoint written with another
     config, or whose arrays do not fit the model, raises CheckpointMismatch. If checkpoints exist
-    but none can be read, CheckpointError is raised and nothing is changed. Returns (step, state),
-    or (None, state_like) when there is nothing to restore.
+    but none can be read, CheckpointError is raised and nothing is changed. Returns (step, state,
+    train window), or (None, state_like, None) when there is nothing to restore; the train window
+    (see `save`) is None for a checkpoint saved without one.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
     with _quiet_abandoned_reads():
@@ -214,6 +215,8 @@ class Checkpointer:
           else:  # Written by the device data path: a change of config.data.pipeline on purpose.
             logging.warning('The checkpoint of step %d holds no data-iterator state; the data '
                             'iterator starts at the beginning of its stream.', step)
+        if (epath.Path(self.directory) / str(step) / 'train_window').exists():
+          items['train_window'] = ocp.args.JsonRestore()  # Read here, so damage means fall back.
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except CheckpointMismatch:
         raise

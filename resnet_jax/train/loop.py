@@ -264,8 +264,8 @@ def _loop(r: _Run, state) -> dict:
   config, workdir, par, ckpt = r.built.config, r.workdir, r.par, r.ckpt
   total_steps, train_iterator, is_main = r.built.total_steps, r.train_iterator, r.is_main
   record = workdir_lib.as_dict(config)
-  restored_step, global_state = ckpt.restore(par.to_global(state), train_iterator, record,
-                                             config.allow_config_change)
+  restored_step, global_state, saved_window = ckpt.restore(
+      par.to_global(state), train_iterator, record, config.allow_config_change)
   if restored_step is not None:
     state = par.to_backend(global_state)
     logging.info('Resumed from %s at step %d.', workdir, restored_step)
@@ -295,8 +295,7 @@ def _loop(r: _Run, state) -> dict:
   progress = Progress(total_steps, config.batch_size, start_step)
   batches = par.prefetch(items, config.data.prefetch_to_device,
                          place=lambda item: (par.put_batch(item[0]), item[1]))
-  window, window_steps = _restored_window(
-      None if restored_step is None else ckpt.train_window(restored_step), par)
+  window, window_steps = _restored_window(saved_window, par)
   nonfinite_steps = sum(m.get('train/nonfinite_steps', 0) for m in logged)
   eval_scalars, last_train = {}, _train_record(workdir, start_step)
   started = time.perf_counter()
