@@ -21,6 +21,7 @@ import inspect
 import logging
 import shutil
 import sys
+import traceback
 from typing import Any, Sequence
 
 from etils import epath
@@ -227,21 +228,14 @@ class Checkpointer:
         unreadable.append((step, why))
         continue
       self._move_aside([s for s, _ in unreadable])
-      return step, restored.state
+      return step, restored.state, restored.get('train_window')
     if unreadable:
       raise CheckpointError(
           f'no checkpoint in {self.directory} can be restored ('
           + '; '.join(f'step {s}: {why}' for s, why in unreadable)
           + '). Nothing was changed. Move the checkpoints aside to start the run afresh, or '
           'choose another --workdir.')
-    return None, state_like
-
-  def train_window(self, step: int) -> dict | None:
-    """The `train_window` saved with `step`, or None (a checkpoint saved without one)."""
-    if not (epath.Path(self.directory) / str(step) / 'train_window').exists():
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(
-        train_window=ocp.args.JsonRestore())).train_window
+    return None, state_like, None
 
   def _check_fits(self, step: int, metadata, abstract) -> None:
     """Raises CheckpointMismatch if the saved arrays are not the arrays of this model."""
@@ -330,31 +324,51 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _quiet_abandoned_reads():
-  """Keeps the read coroutines that orbax abandons when one array of a damaged checkpoint fails
-  from printing a traceback each when they are collected ('Exception ignored in: <coroutine
-  object _read_array_index_and_device_put>', dozens per checkpoint): the failure is reported
-  once, by the warning of `restore`. Anything else still reaches the usual hook."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not inspect.iscoroutine(unraisable.object):
-      previous(unraisable)
-
-  # The reads that ran as asyncio Tasks say so through asyncio's logger instead, when collected:
-  # 'Task exception was never retrieved', with the traceback, for each.
-  tasks = _AbandonedOrbaxTasks()
-  sys.unraisablehook = hook
-  logging.getLogger('asyncio').addFilter(tasks)
+  """Keeps the reads that orbax abandons when one array of a damaged checkpoint fails from
+  printing a traceback each (dozens per checkpoint): the failure is reported once, by the warning
+  of `restore`. The filters stay in place after the restore, because the reads still in flight
+  finish later, in tensorstore's threads; they drop only these reports, anything else still
+  reaches the usual hook and log."""
+  if not isinstance(sys.unraisablehook, _AbandonedReadsHook):
+    sys.unraisablehook = _AbandonedReadsHook(sys.unraisablehook)
+  asyncio_logger = logging.getLogger('asyncio')
+  if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedOrbaxTasks())
   try:
     yield
   finally:
-    gc.collect()  # The abandoned coroutines and tasks go now, while the hook and filter hold.
-    sys.unraisablehook = previous
-    logging.getLogger('asyncio').removeFilter(tasks)
+    gc.collect()  # The abandoned coroutines and tasks go now, not at some later step.
+
+
+class _AbandonedReadsHook:
+  """sys.unraisablehook, less the two reports of an abandoned read:
+  * its coroutine (orbax's `_read_array_index_and_device_put`), collected unfinished: 'Exception
+    ignored in: <coroutine object ...>';
+  * tensorstore's callback for a read that finishes after orbax closed its event loop: a
+    RuntimeError('Event loop is closed') from asyncio's call_soon_threadsafe, with no object."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    if not (_orbax_coroutine(unraisable.object) or _late_callback(unraisable)):
+      self.previous(unraisable)
+
+
+def _orbax_coroutine(obj) -> bool:
+  return inspect.iscoroutine(obj) and 'orbax' in obj.cr_code.co_filename
+
+
+def _late_callback(unraisable) -> bool:
+  frames = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed'
+          and 'call_soon_threadsafe' in frames)
 
 
 class _AbandonedOrbaxTasks(logging.Filter):
-  """Drops asyncio's 'Task exception was never retrieved' for a task of orbax's code."""
+  """Drops asyncio's 'Task exception was never retrieved' for a read that ran as a task of
+  orbax's code: the same failure again, reported when the task is collected."""
 
   def filter(self, record):
     message = record.getMessage()
