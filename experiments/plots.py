@@ -1,7 +1,6 @@
-"""The studies' figures (matplotlib, Agg backend): curves from metrics.jsonl and bar charts."""
+"""The studies' figures (matplotlib, Agg backend): curves from metrics.jsonl and per-stage ratios."""
 
 import os
-import statistics
 import textwrap
 
 import matplotlib
@@ -94,37 +93,6 @@ def curves_by_group(rows, *, group: str, panel: str, title: str, out_dir: str, s
                  title=title, path=os.path.join(out_dir, filename),
                  panel_label=lambda v: f'{panel} {v}')
           for metric, ylabel, filename in series]
-
-
-def bars(cells: list[dict], *, title: str, path: str) -> str:
-  """Median final test error per placement (one group of bars per depth), error bars the std
-  across seeds, the paper's median as a black tick where it has one."""
-  depths = sorted({c['depth'] for c in cells})
-  placements = list(dict.fromkeys(c['placement'] for c in cells))
-  width = 0.8 / max(1, len(depths))
-  labelled = set()
-  fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(placements)), 4.4))
-  for j, depth in enumerate(depths):
-    for i, placement in enumerate(placements):
-      cell = next((c for c in cells if c['depth'] == depth and c['placement'] == placement), None)
-      if not cell or not cell['test']:
-        continue
-      x = i + (j - (len(depths) - 1) / 2) * width
-      std = statistics.stdev(cell['test']) if len(cell['test']) > 1 else 0.0
-      ax.bar(x, statistics.median(cell['test']), width * 0.9, yerr=std, capsize=3,
-             color=plt.get_cmap('tab10')(j), label=f'ResNet-{depth} (median, std bars)'
-             if i == 0 else None)
-      if cell.get('paper median %') is not None:
-        ax.plot([x - width * 0.4, x + width * 0.4], [cell['paper median %']] * 2, color='black',
-                label=None if 'paper' in labelled else 'paper median')
-        labelled.add('paper')
-  ax.set_xticks(range(len(placements)), placements, rotation=15, fontsize=8)
-  ax.set_ylabel('final test error (%)')
-  ax.grid(axis='y', alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.suptitle(textwrap.fill(title, 110), fontsize=9)
-  fig.tight_layout()
-  return save(fig, path)
 
 
 def stage_ratios(records: list[dict], arm: str, arms: list, kind: str, ylabel: str, title: str,
