@@ -332,8 +332,8 @@ def _quiet_abandoned_reads():
   if not isinstance(sys.unraisablehook, _AbandonedReadsHook):
     sys.unraisablehook = _AbandonedReadsHook(sys.unraisablehook)
   asyncio_logger = logging.getLogger('asyncio')
-  if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
-    asyncio_logger.addFilter(_AbandonedOrbaxTasks())
+  if not any(isinstance(f, _AbandonedOrbaxReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedOrbaxReads())
   try:
     yield
   finally:
@@ -366,10 +366,20 @@ def _late_callback(unraisable) -> bool:
           and 'call_soon_threadsafe' in frames)
 
 
-class _AbandonedOrbaxTasks(logging.Filter):
-  """Drops asyncio's 'Task exception was never retrieved' for a read that ran as a task of
-  orbax's code: the same failure again, reported when the task is collected."""
+class _AbandonedOrbaxReads(logging.Filter):
+  """Drops asyncio's '<Task, Future or _GatheringFuture> exception was never retrieved' for an
+  exception raised in orbax's code: the failed read again, reported when the task or the future
+  that gathered the reads is collected."""
 
   def filter(self, record):
-    message = record.getMessage()
-    return not (message.startswith('Task exception was never retrieved') and 'orbax' in message)
+    if 'exception was never retrieved' not in record.getMessage() or not record.exc_info:
+      return True
+    return not _raised_in_orbax(record.exc_info[1])
+
+
+def _raised_in_orbax(exc) -> bool:
+  while exc is not None:  # orbax re-raises the read's error as a plain Exception, from it.
+    if any('orbax' in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return False
