@@ -39,7 +39,6 @@ results.json. init_log.jsonl keeps every init measurement made in DIR, so a reru
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -47,7 +46,6 @@ import time
 
 from experiments import hypotheses, papers, plots, probes, publish, runner, study
 from resnet_jax import cli, models
-from resnet_jax.train import workdir as workdir_lib
 
 STUDY = 'activation_ablation'
 PLACEMENTS = models.PLACEMENTS  # Every placement of the table (models/placements.py).
@@ -293,10 +291,8 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
   seeds = len({r['seed'] for r in rows})
   publish.write_csv(publish.portable(rows, out), os.path.join(out, 'results.csv'))
   # The records of this result (the log may hold other settings' too), per unit.
-  workdir_lib.write_atomic(os.path.join(out, 'init.jsonl'),
-                           ''.join(json.dumps(r) + '\n' for r in init))
-  publish.write_csv([{k: v for k, v in r.items() if not isinstance(v, list)} for r in init],
-                    os.path.join(out, 'init.csv'))
+  probes.write_jsonl(os.path.join(out, 'init.jsonl'), init)
+  publish.write_csv(publish.scalars(init), os.path.join(out, 'init.csv'))
   title = publish.plot_title(f'{STUDY} ({dataset})', budget_name, rows)
   files = ['results.csv', 'init.csv', 'init.jsonl']
   arms = [p for p in PLACEMENTS if any(r['placement'] == p for r in init)]
@@ -350,8 +346,7 @@ def republish(out: str) -> int:
   """`analyse` again from the folder's results.json, init.jsonl and runs' metrics.jsonl alone."""
   manifest, rows = publish.read_manifest(out)
   return analyse(out, manifest['budget'], rows, probes.read_jsonl(os.path.join(out, 'init.jsonl')),
-                 publish.Provenance(manifest['command'], manifest['versions'],
-                                    manifest['wall_s']))
+                 publish.Provenance.recorded(manifest))
 
 
 @cli.one_line_errors

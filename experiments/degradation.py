@@ -59,14 +59,6 @@ DEVIATIONS = [
 ]
 
 
-def train_error(row: dict) -> float:
-  """The training error of a run (%): where it trained on a subset (smoke, cpu), the error on
-  that subset, its eval split; else the running error of its last log window (paper)."""
-  if row['status'] != 'ok':
-    return float('nan')
-  return row['test_error'] if row['subset'] != 'train' else row['train_error']
-
-
 def build_runs(budget: str, seeds=None, dataset: str = 'cifar10', *, steps: int | None = None,
                depths=None, overrides=(), variant: str = '') -> list[runner.Run]:
   """The runs of `budget`; seeds, steps, depths and --config overrides replace its own."""
@@ -124,7 +116,7 @@ def verdicts(rows: list[dict]) -> list[dict]:
   depths = sorted({r['depth'] for r in rows})
   shallow, deep = depths[0], depths[-1]
   seeds = sorted({r['seed'] for r in rows})
-  error = {(r['net'], r['depth'], r['seed']): train_error(r) for r in rows}
+  error = {(r['net'], r['depth'], r['seed']): study.train_error(r) for r in rows}
   nan = float('nan')
   gap = {net: [error.get((net, deep, s), nan) - error.get((net, shallow, s), nan) for s in seeds]
          for net in NETS}
@@ -142,7 +134,7 @@ def per_depth(rows: list[dict]) -> list[dict]:
     for depth in sorted({r['depth'] for r in rows if r['net'] == net}):
       group = [r for r in rows if r['net'] == net and r['depth'] == depth]
       ok = [r for r in group if r['status'] == 'ok']
-      train = [train_error(r) for r in ok]
+      train = [study.train_error(r) for r in ok]
       table.append({'net': net, 'depth': depth, 'runs ok': f'{len(ok)}/{len(group)}',
                     'train error %': (f'{statistics.mean(train):.2f} ({min(train):.2f}-'
                                       f'{max(train):.2f})' if train else None),
@@ -192,8 +184,7 @@ def analyse(out: str, budget: str, rows: list[dict], provenance: publish.Provena
 def republish(out: str) -> int:
   """`analyse` again from the folder's results.json and runs' metrics.jsonl alone."""
   manifest, rows = publish.read_manifest(out)
-  return analyse(out, manifest['budget'], rows, publish.Provenance(
-      manifest['command'], manifest['versions'], manifest['wall_s']))
+  return analyse(out, manifest['budget'], rows, publish.Provenance.recorded(manifest))
 
 
 @cli.one_line_errors

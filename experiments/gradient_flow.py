@@ -43,7 +43,6 @@ measurement made in DIR, so a rerun resumes.
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -54,7 +53,6 @@ import numpy as np
 from experiments import hypotheses, plots, probes, publish, runner, study
 from benchmarks import hardware
 from resnet_jax import cli
-from resnet_jax.train import workdir as workdir_lib
 
 STUDY = 'gradient_flow'
 NETS = {  # label -> (placement, shortcut); shortcut None is the family's default (A basic, B bottleneck)
@@ -148,16 +146,8 @@ def build_runs(budget: Budget, dataset: str, seeds=None, *, depths=None, overrid
   return runs
 
 
-def train_error(row: dict) -> float:
-  """The training error of a run (%): on its subset, its eval split (smoke, cpu); else the
-  running error of its last log window (paper)."""
-  if row['status'] != 'ok':
-    return float('nan')
-  return row['test_error'] if row['subset'] != 'train' else row['train_error']
-
-
 def has_trained(row: dict) -> bool:
-  return train_error(row) < TRAINED_BELOW  # NaN (failed) compares False.
+  return study.train_error(row) < TRAINED_BELOW  # NaN (failed) compares False.
 
 
 def measure_init(budget: Budget, dataset: str, seeds, overrides, variant: str, out: str):
@@ -194,7 +184,7 @@ def measure_trained(rows: list[dict], measure_batch: int) -> list[dict]:
       measured = probes.unit_norms(last.model, variables, *batch, fn)
       record = {'run': os.path.basename(row['workdir']), 'net': row['net'], 'depth': row['depth'],
                 'seed': row['seed'], 'step': step, 'batch': measure_batch,
-                'train_error': train_error(row), 'trained': has_trained(row),
+                'train_error': study.train_error(row), 'trained': has_trained(row),
                 'loss': measured['loss'], **probes.stage_ratios(measured, spans),
                 **{k: [float(f'{v:.5g}') for v in measured[k]]
                    for k in ('input', 'activation', 'param', 'weight')},
@@ -296,10 +286,6 @@ def plot_per_unit(measured: list[dict], title: str, path: str) -> str:
   return plots.save(fig, path, dpi=100)
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
-  workdir_lib.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
-
-
 def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
             measured: list[dict], provenance: publish.Provenance) -> int:
   """Verdicts, tables, plots, results.md and results.json from the training rows, the init
@@ -308,12 +294,10 @@ def analyse(out: str, budget_name: str, rows: list[dict], init: list[dict],
   dataset = rows[0]['dataset'] if rows else 'cifar10'
   seeds = len({r['seed'] for r in rows})
   publish.write_csv(publish.portable(rows, out), os.path.join(out, 'results.csv'))
-  _write_jsonl(os.path.join(out, 'init.jsonl'), init)
-  _write_jsonl(os.path.join(out, 'trained.jsonl'), measured)
-  flat = lambda records: [{k: v for k, v in r.items() if not isinstance(v, list)}
-                          for r in records]
-  publish.write_csv(flat(init), os.path.join(out, 'init.csv'))
-  publish.write_csv(flat(measured), os.path.join(out, 'trained.csv'))
+  probes.write_jsonl(os.path.join(out, 'init.jsonl'), init)
+  probes.write_jsonl(os.path.join(out, 'trained.jsonl'), measured)
+  publish.write_csv(publish.scalars(init), os.path.join(out, 'init.csv'))
+  publish.write_csv(publish.scalars(measured), os.path.join(out, 'trained.csv'))
   title = publish.plot_title(f'{STUDY} ({dataset})', budget_name, rows)
   files = ['results.csv', 'init.jsonl', 'init.csv', 'trained.jsonl', 'trained.csv']
   arms = [n for n in NETS if any(r['net'] == n for r in init)]
@@ -374,8 +358,7 @@ def republish(out: str) -> int:
   return analyse(out, manifest['budget'], rows,
                  probes.read_jsonl(os.path.join(out, 'init.jsonl')),
                  probes.read_jsonl(os.path.join(out, 'trained.jsonl')),
-                 publish.Provenance(manifest['command'], manifest['versions'],
-                                    manifest['wall_s']))
+                 publish.Provenance.recorded(manifest))
 
 
 @cli.one_line_errors

@@ -404,8 +404,7 @@ def analyse(out: str, budget_name: str, rows: list[dict], records: list[dict],
   nets = list(units_by_net)
   title = publish.plot_title(STUDY, budget_name, rows)
   publish.write_csv(publish.portable(rows, out), os.path.join(out, 'results.csv'))
-  workdir_lib.write_atomic(os.path.join(out, 'lesions.jsonl'),
-                           ''.join(json.dumps(r) + '\n' for r in records))
+  probes.write_jsonl(os.path.join(out, 'lesions.jsonl'), records)
   workdir_lib.write_atomic(os.path.join(out, 'units.json'), json.dumps(units_by_net, indent=1))
   publish.write_csv(records, os.path.join(out, 'lesions.csv'))
   figures = ['lesion_single.png', 'lesion_k.png']
@@ -467,8 +466,7 @@ def republish(out: str) -> int:
     units_by_net = json.load(f)
   return analyse(out, manifest['budget'], rows,
                  probes.read_jsonl(os.path.join(out, 'lesions.jsonl')), units_by_net,
-                 publish.Provenance(manifest['command'], manifest['versions'],
-                                    manifest['wall_s']))
+                 publish.Provenance.recorded(manifest))
 
 
 def _from_workdirs(workdirs) -> tuple[list[dict], list[tuple]]:

@@ -37,6 +37,7 @@ from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import run as run_lib
 from resnet_jax.train import state as state_lib
 from resnet_jax.train import step as step_lib
+from resnet_jax.train import workdir as workdir_lib
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -207,6 +208,11 @@ def read_jsonl(path: str) -> list[dict]:
       except ValueError:
         pass  # The last line of an interrupted write; that measurement is simply redone.
   return records
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+  """The records, one JSON line each, written atomically (read back with `read_jsonl`)."""
+  workdir_lib.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
 
 
 def _rounded(values) -> list[float]:

@@ -6,6 +6,7 @@ experiments.report copies a results folder's files into docs/results.md from the
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -19,15 +20,22 @@ from resnet_jax.train import workdir as workdir_lib
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-  """One row per run; the columns are the union of the rows' keys, in first-seen order."""
+  """One row per run; the columns are the union of the rows' keys, in first-seen order. Written
+  atomically, as every file of a results folder: a kill leaves the old file or the new one."""
   columns = []
   for row in rows:
     columns += [k for k in row if k not in columns]
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: _cell(v, csv_cell=True) for k, v in row.items()})
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, fieldnames=columns)
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: _cell(v, csv_cell=True) for k, v in row.items()})
+  workdir_lib.write_atomic(path, text.getvalue())
+
+
+def scalars(records: list[dict]) -> list[dict]:
+  """The records less their per-unit lists: what a CSV of probe records holds."""
+  return [{k: v for k, v in r.items() if not isinstance(v, list)} for r in records]
 
 
 def _cell(value, csv_cell=False) -> str:
@@ -76,6 +84,11 @@ class Provenance:
   @classmethod
   def now(cls, wall_s: float) -> 'Provenance':
     return cls(command(), hardware.package_versions(), wall_s)
+
+  @classmethod
+  def recorded(cls, manifest: dict) -> 'Provenance':
+    """The provenance a results.json (`read_manifest`) recorded."""
+    return cls(manifest['command'], manifest['versions'], manifest['wall_s'])
 
 
 def portable(rows: list[dict], results_dir: str) -> list[dict]:

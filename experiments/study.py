@@ -226,6 +226,15 @@ def override(config, overrides) -> None:
                       ) from None
 
 
+def train_error(row: dict) -> float:
+  """The training error of a run (%), for a study whose row records the `subset` it trained on:
+  on a subset (smoke, cpu), the error on that subset, its eval split; on the whole training set
+  (paper), the running error of its last log window. NaN for a failed run."""
+  if row['status'] != 'ok':
+    return float('nan')
+  return row['test_error'] if row['subset'] != 'train' else row['train_error']
+
+
 def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals: int,
                  paper: bool, warmup_steps: int | None = None, unrolled: bool) -> None:
   """Sets the schedule of a shortened run: the paper's shape (lr /10 at 50% and 75% of the
