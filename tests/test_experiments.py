@@ -255,6 +255,16 @@ def test_markdown_table_and_csv(tmp_path):
   assert publish.markdown_table(rows, ['a', 'b']) == '| a | b |\n|---|---|\n| 1 | 2.50 |\n| 2 | - |'
   publish.write_csv(rows, tmp_path / 'r.csv')
   assert _csv(tmp_path / 'r.csv') == [{'a': '1', 'b': '2.5', 'c': ''}, {'a': '2', 'b': '', 'c': ''}]
+  assert (tmp_path / 'r.csv').read_bytes().startswith(b'a,b,c\r\n1,2.5,\r\n')  # csv's line ends.
+  before = (tmp_path / 'r.csv').read_bytes()
+
+  class Unwritable:
+    def __str__(self):
+      raise OSError('No space left on device')
+
+  with pytest.raises(OSError):  # A write that fails halfway leaves the old table whole.
+    publish.write_csv([{'a': 3}, {'a': Unwritable()}], tmp_path / 'r.csv')
+  assert (tmp_path / 'r.csv').read_bytes() == before
 
 
 def _digits_run(seed: int) -> runner.Run:
