@@ -353,13 +353,10 @@ def republish(out: str) -> int:
 def main(argv=None) -> int:
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  study.add_flags(parser, validation=True)
+  study.add_flags(parser, validation=True, init_seeds=True)
   parser.add_argument('--placements', type=lambda text: tuple(text.split(',')), default=None,
                       help=f"trained placements, comma-separated, of {', '.join(PLACEMENTS)}; "
                            "default: the budget's.")
-  parser.add_argument('--init_seeds', type=study.seed_list, default=None,
-                      help="seeds of the init measurements, a count or a list; default: the "
-                           "budget's.")
   args = study.parse_args(parser, argv)
   unknown = [p for p in args.placements or () if p not in PLACEMENTS]
   if unknown:

@@ -365,10 +365,7 @@ def republish(out: str) -> int:
 def main(argv=None) -> int:
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  study.add_flags(parser)
-  parser.add_argument('--init_seeds', type=study.seed_list, default=None,
-                      help="seeds of the init measurements, a count or a list; default: the "
-                           "budget's.")
+  study.add_flags(parser, init_seeds=True)
   args = study.parse_args(parser, argv)
   budget = BUDGETS[args.budget]
   if args.steps:

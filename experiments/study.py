@@ -101,9 +101,10 @@ VALIDATION = {'train_split': 'train[:90%]', 'eval_split': 'train[90%:]', 'report
 
 
 def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
-              validation: bool = False) -> None:
+              validation: bool = False, init_seeds: bool = False) -> None:
   """The flags every study takes; `depths`: whether it takes --depths, `validation`: whether
-  --select_on_validation (a study that reports test errors)."""
+  --select_on_validation (a study that reports test errors), `init_seeds`: whether
+  --init_seeds (a study that measures nets at init)."""
   parser.add_argument('--budget', required=True, choices=BUDGETS,
                       help='smoke: minutes, checks the machinery; cpu: about 60 min on 2 CPU '
                            "cores; paper: the papers' recipe and number of runs.")
@@ -118,6 +119,10 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
   if depths:
     parser.add_argument('--depths', type=int_list, default=None,
                         help="depths, comma-separated (20,56); default: the budget's.")
+  if init_seeds:
+    parser.add_argument('--init_seeds', type=seed_list, default=None,
+                        help="seeds of the init measurements, a count or a list; default: the "
+                             "budget's.")
   if validation:
     parser.add_argument('--select_on_validation', action='store_true',
                         help="train on the first 90%% of the training split, keep the checkpoint "
