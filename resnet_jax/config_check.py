@@ -179,6 +179,7 @@ def validate(config) -> None:
     _check(config.data.augment in device.AUGMENTATIONS, 'data.pipeline', 'device',
            f'augments in the train step with {device.AUGMENTATIONS} only, not '
            f"config.data.augment={config.data.augment!r}; use --config.data.pipeline=grain")
+  check_splits(config)
   for key, test, requirement in _RANGES:
     value = _get(config, key)
     if value is not None:  # None only for the derived keys (check_structure), set by finalize.
@@ -200,6 +201,21 @@ def validate(config) -> None:
   _check(config.init_from is None or bool(config.init_from.strip()), 'init_from',
          config.init_from, "must name a weight file or a workdir ('runs/x', 'runs/x:1200'), or "
          'be None to start from a random init')
+
+
+def check_splits(config) -> None:
+  """The split strings of a dataset of the table, read against its recorded split sizes: one
+  that tfds cannot parse, that names no split or that selects no example is a ConfigError naming
+  the key. A tfds dataset outside the table is checked when it is opened."""
+  for key in ('data.train_split', 'data.eval_split'):
+    split = _get(config, key)
+    try:
+      size = datasets.split_size(config.data.dataset, split)
+    except UserError as e:
+      raise ConfigError(f'config.{key}={split!r}: {e}') from None
+    record = datasets.get(config.data.dataset)
+    _check(size != 0, key, split, datasets.empty_split_message(
+        config.data.dataset, split, record.splits if record else {}).rstrip('.'))
 
 
 def check_boundaries(config) -> None:

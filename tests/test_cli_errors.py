@@ -121,10 +121,14 @@ GROUPS = {
         row(QUICK, '--config.data.image_size=0', words=['config.data.image_size=0', 'positive']),
         row(QUICK, '--config.optimizer=adam', words=["config.optimizer='adam'", "'nesterov'"]),
         row(QUICK, '--config.data.train_split=train[:0]',
-            words=["'train[:0]'", 'selects 0 examples', "'train': 1437"]),
-        row(QUICK, '--config.data.eval_split=test[360:]', words=["'test[360:]'", 'selects 0']),
+            words=["config.data.train_split='train[:0]'", 'selects 0 examples', "'train': 1437"]),
+        row(QUICK, '--config.data.eval_split=test[360:]',
+            words=["config.data.eval_split='test[360:]'", 'selects 0']),
         row(QUICK, '--config.data.train_split=validation',
-            words=["split 'validation'", "'train'"]),
+            words=["config.data.train_split='validation'", "split 'validation'", "'train'"]),
+        # tfds's message for a split it cannot parse has two lines: joined into the one.
+        row(QUICK, '--config.data.eval_split=test[:50',
+            words=["config.data.eval_split='test[:50'", 'Unrecognized split format']),
     ],
     'config files': [
         row('--config=configs/nope.py', words=["'configs/nope.py' does not exist"]),

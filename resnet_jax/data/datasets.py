@@ -80,7 +80,7 @@ def read_instructions(name: str, split: str, sizes: dict[str, int]):
     return tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
   except (ValueError, AssertionError, KeyError) as e:
     raise DataError(f'Bad split {split!r} for dataset {name!r} (splits: '
-                    f'{", ".join(map(repr, sizes))}): {e}') from None
+                    f'{", ".join(map(repr, sizes))}): {" ".join(str(e).split())}') from None
 
 
 @functools.cache
