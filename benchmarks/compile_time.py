@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import cli
+from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
 
 _FAMILY = flags.DEFINE_string('family', 'cifar', 'Model family.')
@@ -53,8 +55,7 @@ def timed(fn):
   return out, time.perf_counter() - start
 
 
-def measure(scan):
-  model = create_model(_FAMILY.value, _DEPTH.value, placement=_PLACEMENT.value, scan=scan)
+def measure(model):
   images = jnp.zeros((_BATCH.value, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 3), jnp.float32)
   labels = jnp.zeros((_BATCH.value,), jnp.int32)
   init = jax.jit(functools.partial(model.init, train=False))
@@ -64,7 +65,7 @@ def measure(scan):
   args = (variables['params'], variables['batch_stats'], opt_state, images, labels)
   lowered, t_lower = timed(lambda: jax.jit(make_train_step(model, tx)).lower(*args))
   compiled, t_compile = timed(lowered.compile)
-  line = (f'scan={str(scan):5}  init {t_init:6.2f} s  lower {t_lower:6.2f} s  '
+  line = (f'scan={str(model.scan):5}  init {t_init:6.2f} s  lower {t_lower:6.2f} s  '
           f'compile {t_compile:6.2f} s  init+lower+compile {t_init + t_lower + t_compile:6.2f} s')
   if _EXECUTE.value:
     timed(lambda: compiled(*args))
@@ -73,14 +74,33 @@ def measure(scan):
   print(line, flush=True)
 
 
+def models() -> list:
+  """The net of the flags, once per --scan setting; a UserError names a flag that is wrong."""
+  scans = {'true': True, 'false': False}
+  bad = [s for s in _SCAN.value if s.lower() not in scans]
+  if bad:
+    raise UserError(f'--scan: {bad[0]!r} is not true or false.')
+  for name, flag in (('batch', _BATCH), ('init_batch', _INIT_BATCH), ('image_size', _IMAGE_SIZE),
+                     ('steps', _STEPS)):
+    if flag.value < 1:
+      raise UserError(f'--{name}={flag.value} must be at least 1.')
+  try:
+    return [create_model(_FAMILY.value, _DEPTH.value, placement=_PLACEMENT.value,
+                         scan=scans[s.lower()]) for s in _SCAN.value]
+  except ValueError as e:  # The model's own message names the key and what is allowed.
+    raise UserError(f'--family/--depth/--placement: {e}') from None
+
+
+@cli.one_line_errors
 def main(argv):
-  del argv
+  del argv  # cli.parse_flags rejects arguments that are no flags.
+  nets = models()
   print(f'{_FAMILY.value} ResNet-{_DEPTH.value} {_PLACEMENT.value}, batch '
         f'{_BATCH.value}x{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}x3, jax {jax.__version__} on '
         f'{jax.devices()[0].device_kind} ({jax.local_device_count()} device)', flush=True)
-  for scan in _SCAN.value:
-    measure({'true': True, 'false': False}[scan.lower()])
+  for model in nets:
+    measure(model)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

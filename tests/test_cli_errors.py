@@ -213,6 +213,15 @@ GROUPS = {
         row('--config=configs/schema.py', '--config.model.depht=56', module='resnet_jax.summary',
             words=['did you mean --config.model.depth?']),
     ],
+    # python -m benchmarks.compile_time: the same one line as every other command.
+    'compile_time': [
+        row('--nope', module='benchmarks.compile_time', words=["Unknown command line flag 'nope'"]),
+        row('--depth=21', module='benchmarks.compile_time', words=['depth=21', '20, 32, 44']),
+        row('--placement=foo', module='benchmarks.compile_time',
+            words=["placement='foo'", "'full_preact'"]),
+        row('--scan=maybe', module='benchmarks.compile_time', words=["--scan: 'maybe'"]),
+        row('--batch=0', module='benchmarks.compile_time', words=['--batch=0', 'at least 1']),
+    ],
 }
 
 
