@@ -274,6 +274,8 @@ def check_placement(placement: Placement) -> None:
                     'runs with --cpus_per_run and --gpus_per_run and Ray places them.')
   if placement.cluster != 'local':
     _check_reachable(placement.cluster)
+  else:  # The CPUs now, before the study measures or writes anything; the rest once Ray is up.
+    _check_fits(placement, {'CPU': hardware.cpu_count()}, only=('CPU',))
 
 
 def _finished(runs, results_dir, varying, progress) -> tuple[dict, list[Run]]:
@@ -329,7 +331,7 @@ def run_sweep(runs: list[Run], results_dir: str, placement: Placement = Placemen
       print(f'Ray ({placement.cluster}: {_describe_resources(ray.cluster_resources())}): each '
             f'run asks for {_describe_resources(_bundle(placement))} x '
             f'{placement.processes_per_run} process(es).', flush=True)
-      _check_fits(placement, ray)
+      _check_fits(placement, ray.cluster_resources())
       rows.update(_train_on_ray(todo, results_dir, placement, varying, progress))
   return [rows[run.name] for run in runs]
 
@@ -400,16 +402,18 @@ def _ray(placement: Placement):
       ray.shutdown()
 
 
-def _check_fits(placement: Placement, ray) -> None:
-  """UserError for a run that the embedded instance can never place (Ray would wait for ever).
+def _check_fits(placement: Placement, have: dict, only=None) -> None:
+  """UserError for a run that the embedded instance, which has `have` (Ray's resources), can
+  never place (Ray would wait for ever); `only`: the resources to check (default: all asked for).
 
   A cluster is not checked: its autoscaler may add the nodes a run asks for."""
   if placement.cluster != 'local':
     return
-  have = ray.cluster_resources()
   n = placement.processes_per_run
   flags = {'CPU': '--cpus_per_run', 'GPU': '--gpus_per_run'}
   for name, each in _bundle(placement).items():
+    if each is None or (only is not None and name not in only):
+      continue
     flag = flags.get(name, '--resources')
     if each * n > have.get(name, 0) + 1e-9:
       raise UserError(f'{flag}: each run asks for {each:g} {name} x {n} process(es), but this '

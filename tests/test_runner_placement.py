@@ -1,12 +1,14 @@
 """Where a sweep's runs train: the placement's defaults from what Ray has, and what a run that
 shares a GPU is given. Pure functions; the sweeps themselves are in test_runner_ray.py."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from experiments import runner
+from benchmarks import hardware
+from experiments import runner, study
 from tests import helpers
 
 Placement = runner.Placement
@@ -66,3 +68,23 @@ def test_a_gpu_count_ray_cannot_give_is_one_line():
     runner.check_placement(Placement(gpus_per_run=1.5))
   runner.check_placement(Placement(gpus_per_run=2.0))
   runner.check_placement(Placement(gpus_per_run=0.25))
+
+
+def test_cpus_the_machine_lacks_are_refused_before_the_study_measures_anything(tmp_path):
+  """The embedded instance has this machine's cores: a run that asks for more is refused by
+  check_placement, which a study calls on its flags before it writes or measures anything (it
+  was refused only once Ray had started, after the study's init measurements)."""
+  from resnet_jax.errors import UserError
+  cores = hardware.cpu_count()
+  for ask in (Placement(cpus_per_run=cores + 1),
+              Placement(cpus_per_run=1, processes_per_run=cores + 1)):
+    with pytest.raises(UserError, match=rf'--cpus_per_run: each run asks for .* but this machine '
+                                        rf'has {cores}; ask for less, or use --cluster\.'):
+      runner.check_placement(ask)
+  runner.check_placement(Placement(cpus_per_run=cores))
+  parser = argparse.ArgumentParser()
+  study.add_flags(parser)
+  with pytest.raises(UserError, match='--cpus_per_run'):
+    study.parse_args(parser, ['--budget=smoke', f'--results_dir={tmp_path / "out"}',
+                              f'--cpus_per_run={cores + 1}'])
+  assert not (tmp_path / 'out').exists()
