@@ -11,13 +11,15 @@ folder under docs/results/, a study that can (`republish`) recomputes its tables
 verdicts from those committed files alone, and the section between the markers below is rewritten
 from the manifests; the hand-written rest of docs/results.md is kept. A --results_dir that cannot
 be published (missing, a file, no valid manifest, a command that is not an `experiments.` module, a
-listed file missing, a published folder that holds another study) ends the command in one line
+listed file missing, a published folder that holds another study, a study still running in it)
+ends the command in one line
 before anything is written; a folder under docs/results/ without a valid manifest is left out with
 a warning. Folders are replaced by renaming a complete copy over the old one, and docs/results.md
 by an atomic rename; a report that finds no study changes nothing.
 """
 
 import argparse
+import contextlib
 import glob
 import importlib
 import json
@@ -109,6 +111,18 @@ def copy_in(results_dir: str, manifest: dict, docs_dir: str, name: str) -> str:
   return target
 
 
+def hold(stack: contextlib.ExitStack, results_dir: str) -> None:
+  """Holds the results dir's lock on `stack`: a study that is still running there (it holds the
+  lock for its whole command) is refused in one line, rather than a mix of its old and new files
+  published; a study started while the report copies is refused in turn. A folder that cannot
+  hold a lock (read-only, or no folder, which check_publishable reports) has no study writing to
+  it, and is read without one."""
+  try:
+    stack.enter_context(workdir_lib.lock(results_dir, flag='--results_dir', holder='study'))
+  except OSError:
+    pass
+
+
 def rebuild(folder: str) -> dict | None:
   """The folder's manifest, after its study recomputed the folder from its committed files
   (where the study can, and the folder holds its runs' rows)."""
@@ -196,14 +210,17 @@ def main(argv=None) -> int:
   docs_dir = os.path.dirname(os.path.abspath(args.docs))
   if os.path.isdir(args.docs) or not os.path.isdir(docs_dir):
     raise UserError(f'--docs={args.docs} must name a file in an existing directory.')
-  # Every folder is checked before anything is copied: a bad one changes nothing.
-  check_name(args.name, args.results_dir)
-  manifests = [check_publishable(d) for d in args.results_dir]
-  names = targets(args.results_dir, manifests, args.name)
-  for name, manifest in zip(names, manifests):
-    check_replaceable(docs_dir, name, manifest)
-  for results_dir, manifest, name in zip(args.results_dir, manifests, names):
-    copy_in(results_dir, manifest, docs_dir, name)
+  with contextlib.ExitStack() as held:
+    for results_dir in {os.path.realpath(d): d for d in args.results_dir}.values():
+      hold(held, results_dir)  # Once per folder: a second lock of it would wait on the first.
+    # Every folder is checked before anything is copied: a bad one changes nothing.
+    check_name(args.name, args.results_dir)
+    manifests = [check_publishable(d) for d in args.results_dir]
+    names = targets(args.results_dir, manifests, args.name)
+    for name, manifest in zip(names, manifests):
+      check_replaceable(docs_dir, name, manifest)
+    for results_dir, manifest, name in zip(args.results_dir, manifests, names):
+      copy_in(results_dir, manifest, docs_dir, name)
   text = open(args.docs).read() if os.path.exists(args.docs) else '# Measured results\n'
   old = _sections(text)
   parts = []

@@ -490,6 +490,27 @@ def test_a_second_study_on_a_results_dir_in_use_is_refused_before_it_writes(tmp_
   assert sorted(p.name for p in out.iterdir()) == ['.lock']
 
 
+def test_a_results_dir_whose_study_still_runs_is_not_published(tmp_path, capsys):
+  """The report holds each --results_dir's lock while it reads it: a study running there (it
+  holds the lock) is one line, exit 2, and docs/ stays as it was; once it is done, the folder
+  publishes."""
+  from experiments import report
+  from resnet_jax.train import workdir as workdir_lib
+  measured = tmp_path / 'degradation-cpu'
+  shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'degradation-cpu'), measured)
+  page = tmp_path / 'docs' / 'results.md'
+  (tmp_path / 'docs').mkdir()
+  with workdir_lib.lock(str(measured), flag='--results_dir', holder='study'):
+    with pytest.raises(SystemExit) as exit_:
+      report.main(['--docs', str(page), '--results_dir', str(measured)])
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert exit_.value.code == 2 and line.startswith(
+      f'error: --results_dir={measured} is in use by another study (pid {os.getpid()}'), line
+  assert sorted(p.name for p in (tmp_path / 'docs').iterdir()) == []
+  assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
+  assert (tmp_path / 'docs' / 'results' / 'degradation-cpu' / 'results.json').exists()
+
+
 def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_first(
     tmp_path, capsys):
   """--name publishes a results folder under a name of its own; two folders that would share one
