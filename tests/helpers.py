@@ -1,5 +1,6 @@
 """Running the trainer's command line in a subprocess, as a user would."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -211,3 +212,19 @@ def damage(version_dir: pathlib.Path, kind: str, filename: str) -> pathlib.Path:
   elif kind != 'delete':
     raise ValueError(kind)
   return path
+
+
+@contextlib.contextmanager
+def tmpfs(mount: pathlib.Path, size: str):
+  """A fresh tmpfs of `size` (mount's -o size=, e.g. '64k') at `mount`, for a disk that fills up;
+  a skip where this user cannot mount one (it needs root). Unmounted at the end."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  mount.mkdir(parents=True, exist_ok=True)
+  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount)],
+                        capture_output=True, text=True, check=False)
+  if made.returncode:
+    pytest.skip(f'cannot mount a tmpfs here ({made.stderr.strip()[:100]})')
+  try:
+    yield mount
+  finally:
+    subprocess.run(['umount', '-l', str(mount)], check=False)

@@ -114,3 +114,21 @@ def test_an_image_over_pil_s_limit_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)
     with pytest.raises(DataError, match='more than .* pixels, PIL\'s limit'):
       images.load(str(path), 3)
+
+
+def test_a_disk_without_room_for_the_file_is_one_line_and_leaves_nothing(run, tmp_path):
+  """A full disk (a 64 KiB tmpfs; the file is about 1 MB) ends export in one line, exit 1, with
+  no traceback and no half-written file or temporary left; an older file there stays whole."""
+  with helpers.tmpfs(tmp_path / 'disk', '64k') as disk:
+    old = disk / 'old.safetensors'
+    old.write_bytes(b'x' * 1000)
+    results = helpers.run_modules([
+        ('resnet_jax.export', [f'--workdir={run}', f'--out={disk / name}', '--overwrite'], {})
+        for name in ('new.safetensors', 'old.safetensors')], timeout=1800)
+    for result, kept in zip(results, ('nothing was written', 'the file there is as it was')):
+      assert result.returncode == 1, result.stderr[-2000:]
+      [line] = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+      assert 'No space left on device' in line and kept in line, line
+      assert 'Traceback' not in result.stderr
+    assert sorted(p.name for p in disk.iterdir()) == ['old.safetensors']
+    assert old.read_bytes() == b'x' * 1000

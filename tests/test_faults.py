@@ -433,14 +433,8 @@ def test_skipping_non_finite_updates_counts_them_and_saves_finite_weights(tmp_pa
 @pytest.fixture
 def small_disk(tmp_path):
   """A 5 MiB tmpfs: room for the first checkpoints of the quickstart (about 2.2 MB each)."""
-  mount = tmp_path / 'disk'
-  mount.mkdir()
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=5m', 'tmpfs', str(mount)],
-                        capture_output=True, text=True)
-  if done.returncode:
-    pytest.skip(f'cannot mount a small tmpfs here: {done.stderr.strip()}')
-  yield mount
-  subprocess.run(['umount', '-l', str(mount)], check=False)
+  with helpers.tmpfs(tmp_path / 'disk', '5m') as mount:
+    yield mount
 
 
 def test_a_full_disk_is_reported_at_once_and_keeps_the_saved_checkpoints(small_disk):
@@ -583,15 +577,8 @@ def test_the_metric_writer_on_a_full_disk_raises_one_run_error_and_closes_quietl
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-  """A 64 KiB tmpfs, or a skip where this user cannot mount one (it needs root)."""
-  mount = tmp_path / 'disk'
-  mount.mkdir()
-  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(mount)],
-                        capture_output=True, text=True, check=False)
-  if made.returncode:
-    pytest.skip(f'cannot mount a tmpfs here ({made.stderr.strip()[:100]})')
-  yield mount
-  subprocess.run(['umount', str(mount)], check=False)
+  with helpers.tmpfs(tmp_path / 'disk', '64k') as mount:
+    yield mount
 
 
 def test_a_disk_that_fills_up_ends_the_run_in_one_line_without_tracebacks(tiny_disk):

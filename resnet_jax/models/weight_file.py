@@ -13,6 +13,7 @@ eval_split, image_size, mean, std, crop_fraction), 'class_names' and 'source'. I
 written with safetensors' NumPy API, which needs no torch.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ import flax.traverse_util
 import jax
 import numpy as np
 
+from resnet_jax.errors import RunError
 from resnet_jax.models.factory import from_config
 from resnet_jax.models.resnet import abstract_variables, scan_to_unrolled, unrolled_to_scan
 
@@ -71,7 +73,9 @@ def save_pretrained(path: str, variables: dict, model, model_config: dict, data_
                     class_names=None, source: str = '') -> None:
   """Writes `variables` of `model` (either layout) with its config; atomically (a crash leaves the
   old file or the new one). `model_config`: create_model's keyword arguments."""
-  from safetensors.numpy import save_file  # Imported here: only the weight file needs it.
+  # Imported here: only the weight file needs safetensors.
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   tensors = {name: np.ascontiguousarray(np.asarray(leaf, np.float32))
              for name, leaf in flatten(unrolled(variables, model)).items()}
   # The layout in the file is always unrolled, so the net that loads it chooses scan freely.
@@ -81,11 +85,17 @@ def save_pretrained(path: str, variables: dict, model, model_config: dict, data_
               'class_names': json.dumps(list(class_names) if class_names else None),
               'source': source}
   tmp = f'{path}.tmp'
-  save_file(tensors, tmp, metadata=metadata)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files readable by the owner only.
-  os.replace(tmp, path)
+  try:
+    save_file(tensors, tmp, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files readable by the owner only.
+    os.replace(tmp, path)
+  except (OSError, SafetensorError) as e:  # A full disk, a quota: safetensors says which.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    kept = 'the file there is as it was' if os.path.exists(path) else 'nothing was written'
+    raise RunError(f'could not write {path} ({" ".join(str(e).split())}); {kept}.') from None
 
 
 def is_weight_file(path: str) -> bool:
