@@ -165,8 +165,8 @@ def publish(results_dir: str, *, study: str, title: str, budget: str, rows: list
   claims = (['## Claims tested', '', f'Each verdict is computed from the runs below '
              f'({hypotheses_lib.TEST}; shown at p <= {hypotheses_lib.ALPHA}).', '',
              hypotheses_lib.markdown(list(hypotheses)), ''] if hypotheses else [])
-  with open(os.path.join(results_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join([header(title, budget, rows, provenance), *claims, *body]))
+  workdir_lib.write_atomic(os.path.join(results_dir, 'results.md'),
+                           '\n'.join([header(title, budget, rows, provenance), *claims, *body]))
   files = ['results.md'] + [f for f in files if f != 'results.md']
   write_manifest(results_dir, study=study, budget=budget, rows=rows, files=files,
                  provenance=provenance, notes=notes, headline=headline, hypotheses=hypotheses)

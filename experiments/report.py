@@ -96,14 +96,21 @@ def copy_in(results_dir: str, manifest: dict, docs_dir: str, name: str) -> str:
   and each run's metrics.jsonl and config.json. The copy is made beside the old folder and
   renamed over it: an interrupted report leaves the old one whole."""
   target = os.path.join(docs_dir, 'results', name)
-  staged, old = f'{target}.new-{os.getpid()}', f'{target}.old-{os.getpid()}'
+  # Hidden names: a copy that a kill left half-made is no folder the report publishes (`main`
+  # globs docs/results/*/, which skips dot-folders).
+  staged, old = (os.path.join(docs_dir, 'results', f'.{name}.{what}-{os.getpid()}')
+                 for what in ('new', 'old'))
   shutil.rmtree(staged, ignore_errors=True)
   run_files = [os.path.join(row['workdir'], file) for row in manifest.get('rows', [])
                if isinstance(row.get('workdir'), str) for file in ('metrics.jsonl', 'config.json')]
-  for f in ['results.json', *manifest['files'], *run_files]:
-    if os.path.exists(os.path.join(results_dir, f)):
-      os.makedirs(os.path.dirname(os.path.join(staged, f)), exist_ok=True)
-      shutil.copyfile(os.path.join(results_dir, f), os.path.join(staged, f))
+  try:
+    for f in ['results.json', *manifest['files'], *run_files]:
+      if os.path.exists(os.path.join(results_dir, f)):
+        os.makedirs(os.path.dirname(os.path.join(staged, f)), exist_ok=True)
+        shutil.copyfile(os.path.join(results_dir, f), os.path.join(staged, f))
+  except OSError:  # A full disk: the old folder stays, and so does nothing of the copy.
+    shutil.rmtree(staged, ignore_errors=True)
+    raise
   if os.path.isdir(target):
     os.rename(target, old)
   os.rename(staged, target)

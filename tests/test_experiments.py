@@ -547,3 +547,32 @@ def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_f
   assert text.count('### degradation (cpu budget)\n') == 1
   assert '### degradation (cpu budget): degradation-cpu-h200\n' in text
   assert '--results_dir results/degradation-cpu-h200`' in text
+
+
+def test_a_report_that_is_killed_or_runs_out_of_disk_publishes_no_half_copy(tmp_path, capsys):
+  """A copy into docs/results/ is made under a hidden name and renamed over the old folder: a
+  half copy that a killed report left is not published by the next report, and a disk that fills
+  up during the copy is one line, exit 1, with the old folder and docs/results.md as they were
+  and nothing of the copy left."""
+  from experiments import report
+  measured = tmp_path / 'degradation-cpu'
+  shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'degradation-cpu'), measured)
+  with helpers.tmpfs(tmp_path / 'disk', '600k') as disk:
+    page = disk / 'results.md'
+    assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
+    # What a report killed in its copy leaves: a partial folder under the hidden staging name.
+    (disk / 'results' / f'.degradation-cpu.new-{os.getpid() + 1}').mkdir()
+    shutil.copyfile(measured / 'results.json',
+                    disk / 'results' / f'.degradation-cpu.new-{os.getpid() + 1}' / 'results.json')
+    assert report.main(['--docs', str(page)]) == 0
+    assert page.read_text().count('### ') == 1, page.read_text()
+    capsys.readouterr()
+    before = helpers.tree_digest(disk)
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / 'fill').write_bytes(b'\0' * max(0, free - 100 * 1024))  # 100 KiB left: too little.
+    with pytest.raises(SystemExit) as exit_:
+      report.main(['--docs', str(page), '--results_dir', str(measured)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1 and 'No space left on device' in err[0], err
+    (disk / 'fill').unlink()
+    assert helpers.tree_digest(disk) == before

@@ -12,6 +12,7 @@ import pytest
 from configs import schema
 from resnet_jax import recipes
 from resnet_jax.train import workdir as workdir_lib
+from tests import helpers
 
 KEY = ('model', 'resnet_d')  # Any key works; this one defaults to False.
 
@@ -51,3 +52,13 @@ def test_a_key_that_the_code_no_longer_has_is_still_a_change():
   recorded['model']['retired_option'] = 3
   changes = workdir_lib.result_changes(recorded, workdir_lib.as_dict(_config()))
   assert changes == [('model.retired_option', 3, '(absent)')]
+
+
+def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+  with helpers.tmpfs(tmp_path / 'disk', '64k') as disk:
+    path = disk / 'summary.json'
+    workdir_lib.write_atomic(str(path), 'old')
+    with pytest.raises(OSError, match='No space left on device'):
+      workdir_lib.write_atomic(str(path), 'x' * 200_000)
+    assert sorted(p.name for p in disk.iterdir()) == ['summary.json']
+    assert path.read_text() == 'old'

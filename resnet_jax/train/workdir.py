@@ -199,11 +199,16 @@ def check_same_run(workdir: str, config) -> None:
 def write_atomic(path: str, text: str) -> None:
   """Writes a file so that a crash leaves either the old or the new content, never half."""
   tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:  # A full disk: no half-written temporary left beside the file.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def record_config(workdir: str, config, restored_step: int | None) -> None:
