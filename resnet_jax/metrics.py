@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from resnet_jax.errors import RunError
+from resnet_jax.train import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -111,12 +112,7 @@ def _truncate(path: str, last_step: int) -> None:
   if len(keep) < len(records):
     logging.info('%s: dropping %d records after step %d, written by the interrupted attempt.',
                  path, len(records) - len(keep), last_step)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in keep)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  workdir_lib.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in keep))
 
 
 def best_eval_step(records: list[dict], saved_steps) -> tuple[int | None, float]:

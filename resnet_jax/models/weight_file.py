@@ -84,7 +84,7 @@ def save_pretrained(path: str, variables: dict, model, model_config: dict, data_
               'model': json.dumps(model_config), 'data': json.dumps(data_config),
               'class_names': json.dumps(list(class_names) if class_names else None),
               'source': source}
-  tmp = f'{path}.tmp'
+  tmp = f'{path}.tmp-{os.getpid()}'  # Its own: two exports to one file leave one whole file.
   try:
     save_file(tensors, tmp, metadata=metadata)
     umask = os.umask(0)

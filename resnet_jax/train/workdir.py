@@ -197,8 +197,10 @@ def check_same_run(workdir: str, config) -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes a file so that a crash leaves either the old or the new content, never half."""
-  tmp = f'{path}.tmp'
+  """Writes a file so that a crash leaves either the old or the new content, never half. The
+  temporary is this process's own, so two processes that write one file (two evaluations of a
+  run) leave one whole file, never a mix."""
+  tmp = f'{path}.tmp-{os.getpid()}'
   try:
     with open(tmp, 'w') as f:
       f.write(text)
