@@ -38,6 +38,8 @@ import numpy as np
 from experiments import hypotheses, plots, probes, publish, runner, study
 from benchmarks import hardware
 from resnet_jax import cli, data, models
+from resnet_jax.data import datasets
+from resnet_jax.errors import UserError
 from resnet_jax.models.units import ResidualUnit
 from resnet_jax.train import step as step_lib
 from resnet_jax.train import trained
@@ -469,12 +471,18 @@ def republish(out: str) -> int:
                  publish.Provenance.recorded(manifest))
 
 
-def _from_workdirs(workdirs) -> tuple[list[dict], list[tuple]]:
-  """Training rows and lesion targets of finished runs given with --from_workdir."""
+def _from_workdirs(workdirs, budget_name: str, split: str) -> tuple[list[dict], list[tuple]]:
+  """Training rows and lesion targets of finished runs given with --from_workdir; a run whose
+  dataset has no `split` (the budget's, which the lesions are measured on) is a UserError."""
   rows, targets = [], []
   for workdir in workdirs:
     workdir = os.path.abspath(workdir)
     config = load(workdir).config
+    try:
+      datasets.split_size(config.data.dataset, split)
+    except UserError as e:
+      raise UserError(f'--from_workdir={workdir}: the {budget_name} budget measures the lesions '
+                      f'on {split!r} of the run\'s dataset, which it cannot give ({e})') from None
     net = 'plain' if config.model.shortcut == 'none' else 'residual'
     label = f'{net}:{os.path.basename(workdir.rstrip("/"))}'
     summary = {}
@@ -513,7 +521,7 @@ def main(argv=None):
           for net in NETS for seed in (args.seeds or range(budget.seeds))]
   # Before the results dir is made: a bad config or run writes nothing.
   if args.from_workdir:
-    rows, targets = _from_workdirs(args.from_workdir)
+    rows, targets = _from_workdirs(args.from_workdir, args.budget, budget.eval_split)
   else:
     study.check_runs(runs)
     if args.print_commands:

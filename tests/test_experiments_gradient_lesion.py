@@ -18,6 +18,7 @@ from resnet_jax import models
 from resnet_jax.models.units import ResidualUnit
 from tests.test_models_util import random_variables
 from tests import helpers
+from tests import trained_run
 
 SHAPE = (4, 8, 8, 3)
 
@@ -345,6 +346,38 @@ def test_lesion_smoke_budget(tmp_path):
   # The same text, but for the command's wall time, which results.json keeps rounded.
   same = lambda text: [line for line in text.splitlines() if 'the command took' not in line]
   assert same(open(os.path.join(results_dir, 'results.md')).read()) == same(before)
+
+
+def test_lesion_from_a_finished_run_measures_it_and_leaves_it_as_it_was(tmp_path_factory,
+                                                                       tmp_path):
+  """--from_workdir lesions a run trained elsewhere (the quickstart: digits, 360 test images)
+  instead of training; the smoke budget's split (test[:500]) does not exist there, which is one
+  line before the results dir is made, and the paper budget (the whole test split) measures it."""
+  run, _ = trained_run.quickstart_run(tmp_path_factory)
+  before = trained_run.snapshot(run)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  command = lambda budget, out: subprocess.run(
+      [sys.executable, '-m', 'experiments.lesion', '--budget', budget, '--results_dir', str(out),
+       '--from_workdir', str(run)], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=helpers.HANG_S)
+  refused = command('smoke', tmp_path / 'smoke')
+  assert refused.returncode == 2, refused.stderr[-2000:]
+  assert refused.stderr.strip().splitlines()[-1] == (
+      f"error: --from_workdir={run}: the smoke budget measures the lesions on 'test[:500]' of the "
+      "run's dataset, which it cannot give (Bad split 'test[:500]' for dataset 'digits' (splits: "
+      "'train', 'test'): Requested slice [:500] incompatible with 360 examples.)")
+  assert not (tmp_path / 'smoke').exists()
+  done = command('paper', tmp_path / 'paper')
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / 'paper' / 'results.json') as f:
+    [row] = json.load(f)['rows']
+  assert row['net'] == f'residual:{run.name}' and row['status'] == 'ok (from --from_workdir)'
+  records = probes.read_jsonl(str(tmp_path / 'paper' / 'lesions.jsonl'))
+  [intact] = [r for r in records if r['kind'] == 'intact']
+  summary = json.loads((run / 'summary.json').read_text())
+  # The lesion's intact net is the run's final checkpoint on the run's test split.
+  assert intact['error'] == pytest.approx(100 * (1 - summary['eval/accuracy']), abs=1e-3)
+  assert trained_run.snapshot(run) == before
 
 
 def test_plots_are_saved_small_enough_to_commit(tmp_path):
