@@ -17,6 +17,7 @@ import os
 import ml_collections
 
 from experiments import runner
+from resnet_jax import cli
 from resnet_jax.data import datasets
 from resnet_jax.errors import UserError
 
@@ -193,6 +194,10 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
       resources=args.resources)
   if not args.print_commands:  # Before anything is written: a placement that cannot work.
     runner.check_placement(args.placement)
+  run = cli.enclosing_run(os.path.join(args.results_dir, 'results.json'))
+  if run is not None:  # A run's folder typed for --results_dir: the study would write into it.
+    raise UserError(f'--results_dir={args.results_dir} lies inside the training run {run}, whose '
+                    'files only the trainer writes; give a folder outside it.')
   return args
 
 

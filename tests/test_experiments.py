@@ -511,6 +511,27 @@ def test_a_results_dir_whose_study_still_runs_is_not_published(tmp_path, capsys)
   assert (tmp_path / 'docs' / 'results' / 'degradation-cpu' / 'results.json').exists()
 
 
+@pytest.mark.parametrize('inside', ['', 'sub'])
+def test_a_study_refuses_a_results_dir_in_a_training_run(tmp_path, inside):
+  """A run's workdir typed for --results_dir (the run's folder, or one inside it) is one line,
+  exit 2, and the run's files stay as they were."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{}')
+  (run / 'metrics.jsonl').write_text('')
+  before = helpers.tree_digest(run)
+  out = run / inside if inside else run
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.degradation', '--budget', 'smoke', '--results_dir',
+       str(out)], cwd=ROOT, capture_output=True, text=True, timeout=helpers.HANG_S)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      f'error: --results_dir={out} lies inside the training run {run}, whose files only the '
+      'trainer writes; give a folder outside it.']
+  assert helpers.tree_digest(run) == before and sorted(p.name for p in run.iterdir()) == [
+      'config.json', 'metrics.jsonl']
+
+
 def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_first(
     tmp_path, capsys):
   """--name publishes a results folder under a name of its own; two folders that would share one
