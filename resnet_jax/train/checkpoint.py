@@ -378,8 +378,11 @@ class _AbandonedOrbaxReads(logging.Filter):
 
 
 def _raised_in_orbax(exc) -> bool:
-  while exc is not None:  # orbax re-raises the read's error as a plain Exception, from it.
+  seen = set()  # A chain set by hand can loop; a logging filter must never hang.
+  while exc is not None and id(exc) not in seen:
+    # orbax re-raises the read's error as a plain Exception, from it.
     if any('orbax' in frame.filename for frame in traceback.extract_tb(exc.__traceback__)):
       return True
+    seen.add(id(exc))
     exc = exc.__cause__ or exc.__context__
   return False
