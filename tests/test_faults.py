@@ -227,10 +227,10 @@ def test_the_orbax_filter_ends_on_an_exception_chain_that_loops():
   a.__cause__, b.__cause__ = b, a
   record = logging.LogRecord('asyncio', logging.ERROR, __file__, 1,
                              'Task exception was never retrieved', None, (ValueError, a, None))
-  answer = []
+  answer, orbax_filter = [], checkpoint._AbandonedOrbaxReads()  # pylint: disable=protected-access
   # In a thread, so that a filter that loops fails this test instead of hanging the suite.
-  worker = threading.Thread(target=lambda: answer.append(
-      checkpoint._AbandonedOrbaxReads().filter(record)), daemon=True)  # pylint: disable=protected-access
+  worker = threading.Thread(target=lambda: answer.append(orbax_filter.filter(record)),
+                            daemon=True)
   worker.start()
   worker.join(timeout=30)
   assert answer == [True], 'the filter did not return: it follows the loop for ever'
