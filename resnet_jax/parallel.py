@@ -101,6 +101,13 @@ def initialize_distributed(cfg) -> None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {k: cfg[k] for k in ('coordinator_address', 'num_processes', 'process_id')
             if cfg[k] is not None}
+  # Said before the wait: a process whose peers never join is ended by JAX itself (a C++ abort
+  # after its initialization timeout, 300 s by default), which no Python code can turn into a line.
+  logging.info('jax.distributed: joining %s at %s as process %s; JAX ends this process if the '
+               'others have not joined within its timeout (300 s by default).',
+               f'{cfg.num_processes} processes' if cfg.num_processes else 'the processes',
+               cfg.coordinator_address or 'the address the environment gives',
+               cfg.process_id if cfg.process_id is not None else '(from the environment)')
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as e:

@@ -77,6 +77,10 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   multi = tmp_path / 'two_processes'
   outputs = helpers.run_distributed(multi, *OVERRIDES)
   assert 'process 0 of 2, 2 local / 4 global devices' in outputs[0]
+  # Before the wait on the peers, which JAX ends with an abort if one never joins.
+  for i, out in enumerate(outputs):
+    assert 'jax.distributed: joining 2 processes at 127.0.0.1:' in out
+    assert f'as process {i}; JAX ends this process if the others have not joined' in out
 
   single = tmp_path / 'one_process'
   ref = subprocess.run([sys.executable, '-c', REFERENCE, str(single), *OVERRIDES],
