@@ -11,8 +11,8 @@ folder under docs/results/, a study that can (`republish`) recomputes its tables
 verdicts from those committed files alone, and the section between the markers below is rewritten
 from the manifests; the hand-written rest of docs/results.md is kept. A --results_dir that cannot
 be published (missing, a file, no valid manifest, a command that is not an `experiments.` module, a
-listed file missing, a published folder that holds another study, a study still running in it)
-ends the command in one line
+listed file missing, a published folder that holds another study, a study still running in it),
+or a second report on the same docs/, ends the command in one line
 before anything is written; a folder under docs/results/ without a valid manifest is left out with
 a warning. Folders are replaced by renaming a complete copy over the old one, and docs/results.md
 by an atomic rename; a report that finds no study changes nothing.
@@ -218,16 +218,25 @@ def main(argv=None) -> int:
   if os.path.isdir(args.docs) or not os.path.isdir(docs_dir):
     raise UserError(f'--docs={args.docs} must name a file in an existing directory.')
   with contextlib.ExitStack() as held:
+    # A second report on this docs/ waits for nothing: it is refused, as a second study is.
+    held.enter_context(workdir_lib.lock_folder(
+        docs_dir, f'--docs={args.docs}: another report is updating {docs_dir}; wait for it to '
+        'finish.'))
     for results_dir in {os.path.realpath(d): d for d in args.results_dir}.values():
       hold(held, results_dir)  # Once per folder: a second lock of it would wait on the first.
-    # Every folder is checked before anything is copied: a bad one changes nothing.
-    check_name(args.name, args.results_dir)
-    manifests = [check_publishable(d) for d in args.results_dir]
-    names = targets(args.results_dir, manifests, args.name)
-    for name, manifest in zip(names, manifests):
-      check_replaceable(docs_dir, name, manifest)
-    for results_dir, manifest, name in zip(args.results_dir, manifests, names):
-      copy_in(results_dir, manifest, docs_dir, name)
+    return publish_all(args, docs_dir)
+
+
+def publish_all(args, docs_dir: str) -> int:
+  """Copies the --results_dir folders in and rebuilds docs/results.md (main holds the locks)."""
+  # Every folder is checked before anything is copied: a bad one changes nothing.
+  check_name(args.name, args.results_dir)
+  manifests = [check_publishable(d) for d in args.results_dir]
+  names = targets(args.results_dir, manifests, args.name)
+  for name, manifest in zip(names, manifests):
+    check_replaceable(docs_dir, name, manifest)
+  for results_dir, manifest, name in zip(args.results_dir, manifests, names):
+    copy_in(results_dir, manifest, docs_dir, name)
   text = open(args.docs).read() if os.path.exists(args.docs) else '# Measured results\n'
   old = _sections(text)
   parts = []

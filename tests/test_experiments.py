@@ -570,6 +570,28 @@ def test_the_same_study_and_budget_from_other_hardware_is_published_beside_the_f
   assert '--results_dir results/degradation-cpu-h200`' in text
 
 
+def test_a_second_report_on_one_docs_folder_is_refused_and_changes_nothing(tmp_path, capsys):
+  """Two reports on one docs/ would each stage, rename and rewrite results.md: the second is one
+  line, exit 2, and docs/ is as it was (the lock is on the folder itself: no lock file in it)."""
+  from experiments import report
+  from resnet_jax.train import workdir as workdir_lib
+  measured = tmp_path / 'degradation-cpu'
+  shutil.copytree(os.path.join(ROOT, 'docs', 'results', 'degradation-cpu'), measured)
+  docs = tmp_path / 'docs'
+  docs.mkdir()
+  page = docs / 'results.md'
+  assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
+  before = helpers.tree_digest(docs)
+  with workdir_lib.lock_folder(str(docs), 'held by the test'):
+    with pytest.raises(SystemExit) as exit_:
+      report.main(['--docs', str(page), '--results_dir', str(measured)])
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert exit_.value.code == 2 and line == (
+      f'error: --docs={page}: another report is updating {docs}; wait for it to finish.'), line
+  assert helpers.tree_digest(docs) == before
+  assert report.main(['--docs', str(page)]) == 0  # Released: the next report goes on.
+
+
 def test_a_report_that_is_killed_or_runs_out_of_disk_publishes_no_half_copy(tmp_path, capsys):
   """A copy into docs/results/ is made under a hidden name and renamed over the old folder: a
   half copy that a killed report left is not published by the next report, and a disk that fills

@@ -116,6 +116,21 @@ def lock(workdir: str, enabled: bool = True, flag: str = '--workdir', holder: st
     os.close(fd)  # Closing the descriptor releases the flock.
 
 
+@contextlib.contextmanager
+def lock_folder(folder: str, message: str):
+  """An flock on the folder itself, for a folder of the repository (docs/) that must hold no
+  lock file: a second holder is refused at once with WorkdirInUse(`message`)."""
+  fd = os.open(folder, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkdirInUse(message) from None
+    yield
+  finally:
+    os.close(fd)  # Closing the descriptor releases the flock.
+
+
 def flatten(tree: dict) -> dict:
   """{'model': {'depth': 20}} -> {'model.depth': 20}."""
   return flax.traverse_util.flatten_dict(tree, sep='.')
