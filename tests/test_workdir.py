@@ -62,3 +62,18 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(t
       workdir_lib.write_atomic(str(path), 'x' * 200_000)
     assert sorted(p.name for p in disk.iterdir()) == ['summary.json']
     assert path.read_text() == 'old'
+
+
+def test_a_study_s_results_folder_is_no_workdir(tmp_path):
+  """A study's results folder typed for --workdir (its runs are in runs/<name>) is one line,
+  exit 2, and the folder's files stay as they were."""
+  results = tmp_path / 'study'
+  results.mkdir()
+  (results / 'results.json').write_text('{"study": "degradation"}')
+  before = helpers.tree_digest(results)
+  result = helpers.run_main(results)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir={results} holds a study's results (results.json), not a run; the "
+      "study's runs are in its runs/ folder. Choose another --workdir.")
+  assert helpers.tree_digest(results) == before

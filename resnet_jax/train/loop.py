@@ -223,6 +223,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
   # with.
   prepared = config if isinstance(config, run.Prepared) else run.prepare(config)
   is_main = jax.process_index() == 0
+  workdir_lib.check_not_results(workdir)  # Before the lock file or a probe is made there.
   if is_main:
     workdir_lib.check_writable(workdir)
   with StopRequest() as stop, workdir_lib.lock(workdir, enabled=is_main):

@@ -193,6 +193,13 @@ def read_recorded_config(workdir: str) -> dict | None:
                        'or use another workdir.') from None
 
 
+def check_not_results(workdir: str) -> None:
+  """Refuses a workdir that holds a study's results (its results.json) rather than a run."""
+  if os.path.isfile(os.path.join(workdir, 'results.json')):
+    raise WorkdirError(f"--workdir={workdir} holds a study's results (results.json), not a run; "
+                       "the study's runs are in its runs/ folder. Choose another --workdir.")
+
+
 def check_same_run(workdir: str, config) -> None:
   """Refuses a config whose result would differ from the run recorded in `workdir`."""
   recorded = read_recorded_config(workdir)
