@@ -125,7 +125,7 @@ def hold(stack: contextlib.ExitStack, results_dir: str) -> None:
   hold a lock (read-only, or no folder, which check_publishable reports) has no study writing to
   it, and is read without one."""
   try:
-    stack.enter_context(workdir_lib.lock(results_dir, flag='--results_dir', holder='study'))
+    stack.enter_context(workdir_lib.lock(results_dir, flag='--results_dir', holder='report'))
   except OSError:
     pass
 

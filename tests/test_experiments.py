@@ -4,6 +4,7 @@ Skipped, with the reason, when CIFAR-10 is not prepared in TFDS_DATA_DIR.
 """
 
 import csv
+import fcntl
 import json
 import os
 import pathlib
@@ -509,6 +510,32 @@ def test_a_results_dir_whose_study_still_runs_is_not_published(tmp_path, capsys)
   assert sorted(p.name for p in (tmp_path / 'docs').iterdir()) == []
   assert report.main(['--docs', str(page), '--results_dir', str(measured)]) == 0
   assert (tmp_path / 'docs' / 'results' / 'degradation-cpu' / 'results.json').exists()
+
+
+def test_a_study_refused_while_a_report_reads_its_folder_names_the_report(tmp_path, capsys):
+  """The lock file names its holder: a study started while a report copies its folder is told
+  that a report holds it (not 'another study'), and a lock file of an older version (the pid
+  only) still reads as one line."""
+  import contextlib
+  from experiments import degradation, report
+  out = tmp_path / 'degradation-smoke'
+  out.mkdir()
+  with contextlib.ExitStack() as stack:
+    report.hold(stack, str(out))
+    with pytest.raises(SystemExit) as exit_:
+      degradation.main(['--budget', 'smoke', '--results_dir', str(out)])
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert exit_.value.code == 2 and line.startswith(
+      f'error: --results_dir={out} is in use by another report (pid {os.getpid()} on '), line
+  (out / '.lock').write_text('pid 7 on elsewhere, started 2026-01-01T00:00:00')
+  with open(out / '.lock') as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(SystemExit):
+      degradation.main(['--budget', 'smoke', '--results_dir', str(out)])
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith(f'error: --results_dir={out} is in use by another study (pid 7 on '
+                         'elsewhere, started 2026-01-01T00:00:00); wait'), line
+  assert sorted(p.name for p in out.iterdir()) == ['.lock']
 
 
 @pytest.mark.parametrize('inside', ['', 'sub'])

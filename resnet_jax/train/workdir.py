@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 
@@ -101,14 +102,18 @@ def lock(workdir: str, enabled: bool = True, flag: str = '--workdir', holder: st
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      who = os.pread(fd, 1000, 0).decode(errors='replace').strip() or 'another process'
+      who = os.pread(fd, 1000, 0).decode(errors='replace').strip()
+      # The file names what holds it (a report reads a study's results dir under its lock);
+      # a file of an older version holds the pid only.
+      if not re.fullmatch(r'\w+ \(.*\)', who):
+        who = f'{holder} ({who or "another process"})'
       raise WorkdirInUse(
-          f'{flag}={workdir} is in use by another {holder} ({who}); wait for it to finish, '
+          f'{flag}={workdir} is in use by another {who}; wait for it to finish, '
           f'stop it, or choose another {flag}.') from None
     try:
       os.ftruncate(fd, 0)
-      os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, started '
-                     f'{datetime.datetime.now().isoformat(timespec="seconds")}').encode(), 0)
+      os.pwrite(fd, (f'{holder} (pid {os.getpid()} on {socket.gethostname()}, started '
+                     f'{datetime.datetime.now().isoformat(timespec="seconds")})').encode(), 0)
     except OSError as e:  # The disk filled since check_writable: the lock holds, unnamed.
       logging.warning('%s: the lock holder could not be written (%s).', path, e.strerror)
     yield
