@@ -214,8 +214,8 @@ def check_splits(config) -> None:
     except UserError as e:
       raise ConfigError(f'config.{key}={split!r}: {e}') from None
     record = datasets.get(config.data.dataset)
-    _check(size != 0, key, split, datasets.empty_split_message(
-        config.data.dataset, split, record.splits if record else {}).rstrip('.'))
+    _check(size != 0, key, split, str(datasets.EmptySplit(
+        config.data.dataset, split, record.splits if record else {})).rstrip('.'))
 
 
 def check_boundaries(config) -> None:

@@ -154,7 +154,7 @@ def _train_steps(backend, num_devices):
   config.learning_rate, config.warmup_steps = 0.02, 0
   config = recipes.finalize(config)
   par = parallel.DataParallel(backend, jax.devices()[:num_devices])
-  split = device.load_split(config.data, config.data.train_split)
+  split = device.load_split(config.data, 'train_split')
   tx = optim.create_optimizer(config, optim.create_learning_rate_schedule(config, 100))
   state = par.init_replicated(functools.partial(
       create_train_state, model=run.model(config, True), tx=tx, image_shape=(8, 8, 1)),
@@ -180,7 +180,7 @@ def _batch_fingerprints(backend, num_devices, steps=14):
   config.data.pipeline = 'device'
   config = recipes.finalize(config)
   par = parallel.DataParallel(backend, jax.devices()[:num_devices])
-  split = device.load_split(config.data, config.data.train_split)
+  split = device.load_split(config.data, 'train_split')
   weights = np.random.default_rng(0).normal(size=split['image'].shape[1:]).astype(np.float32)
 
   def fingerprint(state, batch):

@@ -79,6 +79,10 @@ def test_bad_arguments_end_in_one_line_with_exit_code_2(run, tmp_path):
            words=['empty holds no checkpoint']),
       _bad('resnet_jax.evaluate', f'--workdir={run}', '--split=validation',
            words=["--split=validation", "'validation'", "'train', 'test'"]),
+      # A split of the command line, not of a config: no config key is named.
+      _bad('resnet_jax.evaluate', f'--workdir={run}', '--split=test[:0]',
+           words=["--split=test[:0]: Split 'test[:0]' of dataset 'digits' selects 0 examples "
+                  "(the splits hold 'train': 1437, 'test': 360)."]),
       _bad('resnet_jax.evaluate', words=['give either --workdir', 'or --model']),
       _bad('resnet_jax.evaluate', f'--workdir={run}', f'--model={tmp_path}/m.safetensors',
            words=['not both']),

@@ -63,11 +63,13 @@ def get(name: str) -> Dataset | None:
   return TABLE.get(name)
 
 
-def empty_split_message(name: str, split: str, sizes: dict) -> str:
-  """For a split string that selects no example; `sizes`: examples in each named split."""
-  return (f'Split {split!r} of dataset {name!r} selects 0 examples (the splits hold '
-          f'{", ".join(f"{n!r}: {k}" for n, k in sizes.items())}); a run needs at least one in '
-          'config.data.train_split and in config.data.eval_split.')
+class EmptySplit(DataError):
+  """A split string that selects no example; `sizes`: examples in each named split. Whoever
+  knows where the string came from (a config key, a flag) names it."""
+
+  def __init__(self, name: str, split: str, sizes: dict):
+    super().__init__(f'Split {split!r} of dataset {name!r} selects 0 examples (the splits hold '
+                     f'{", ".join(f"{n!r}: {k}" for n, k in sizes.items())}).')
 
 
 def read_instructions(name: str, split: str, sizes: dict[str, int]):

@@ -38,9 +38,10 @@ _AUGMENT_STREAM = 0x61756731
 AUGMENTATIONS = ('cifar', 'shift', 'none')
 
 
-def load_split(config, split: str) -> dict[str, np.ndarray]:
-  """Decodes every example of `split` once: {'image': uint8 [N, H, W, C], 'label': int32 [N]}."""
-  source = pipeline.open_source(config, split)
+def load_split(config, key: str) -> dict[str, np.ndarray]:
+  """Decodes every example of the configured split config.<key> once: {'image': uint8
+  [N, H, W, C], 'label': int32 [N]}."""
+  source = pipeline.open_split(config, key)
   pipeline._check(config, source)  # pylint: disable=protected-access
   started = time.perf_counter()
   n, shape = len(source), tuple(source.image_shape)
@@ -49,7 +50,7 @@ def load_split(config, split: str) -> dict[str, np.ndarray]:
     record = pipeline.read_example(config, source, i)
     images[i], labels[i] = record['image'], record['label']
   logging.info('Decoded the %d examples of %s %r into %.0f MB of uint8 in %.1f s.', n,
-               config.dataset, split, images.nbytes / 2**20, time.perf_counter() - started)
+               config.dataset, config[key], images.nbytes / 2**20, time.perf_counter() - started)
   return {'image': images, 'label': labels}
 
 

@@ -12,7 +12,6 @@ import numpy as np
 from sklearn import datasets as sklearn_datasets
 
 from resnet_jax.data import datasets
-from resnet_jax.errors import DataError
 
 RECORD = datasets.TABLE['digits']
 
@@ -41,7 +40,7 @@ class DigitsSource:
     parts = [(i.splitname, np.arange(sizes[i.splitname])[i.from_:i.to])
              for i in datasets.read_instructions('digits', split, sizes)]
     if not sum(len(idx) for _, idx in parts):
-      raise DataError(datasets.empty_split_message('digits', split, sizes))
+      raise datasets.EmptySplit('digits', split, sizes)
     self._images = np.concatenate([data[name][0][idx] for name, idx in parts])
     self._labels = np.concatenate([data[name][1][idx] for name, idx in parts])
 

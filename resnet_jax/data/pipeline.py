@@ -98,7 +98,7 @@ def _open_error(name, split, data_dir, error):
   except Exception:  # pylint: disable=broad-except  # A bad split string: tfds's reason says so.
     selected = None
   if selected == 0:
-    return DataError(datasets.empty_split_message(name, split, sizes))
+    return datasets.EmptySplit(name, split, sizes)
   return DataError(f'Cannot read split {split!r} of dataset {name!r} (splits: {sizes}): {reason}')
 
 
@@ -136,6 +136,15 @@ def open_source(config, split):
   if record is not None and record.source == 'sklearn':
     return digits.DigitsSource(split)
   return TfdsSource(config.dataset, split, config.data_dir)
+
+
+def open_split(config, key: str):
+  """open_source of the configured split config.<key> ('train_split' or 'eval_split'); one that
+  selects no example is a DataError naming the key."""
+  try:
+    return open_source(config, config[key])
+  except datasets.EmptySplit as e:
+    raise DataError(f'config.data.{key}={config[key]!r}: {e}') from None
 
 
 class _Padded:
@@ -228,7 +237,7 @@ def dataset_info(config):
   split, and a small training split, read record by record: resnet_jax.data.integrity), and
   their first and last examples must decode.
   """
-  train, test = open_source(config, config.train_split), open_source(config, config.eval_split)
+  train, test = open_split(config, 'train_split'), open_split(config, 'eval_split')
   _check(config, train)
   _check_readable(config, train)
   _check_readable(config, test, every_record=True)
@@ -278,7 +287,7 @@ def create_train_iterator(config, *, global_batch_size, seed, process_index=None
   shard = _shard_options(global_batch_size, process_index, process_count)
   if not 0 <= seed < 2**32:
     raise DataError(f'The data seed must be in [0, 2**32); got {seed}.')
-  source = open_source(config, config.train_split)
+  source = open_split(config, 'train_split')
   _check(config, source)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
@@ -293,7 +302,7 @@ def create_eval_iterator(config, *, global_batch_size, process_index=None, proce
   on the padding that completes the last global batch.
   """
   shard = _shard_options(global_batch_size, process_index, process_count)
-  source = open_source(config, config.eval_split)
+  source = open_split(config, 'eval_split')
   _check(config, source)
   padded = _Padded(source, math.ceil(len(source) / global_batch_size) * global_batch_size)
   # Each process reads one contiguous block of the padded split, a whole number of batches.

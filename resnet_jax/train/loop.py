@@ -157,7 +157,7 @@ def evaluate_weights(weights, split: str, batch_size: int, devices=None) -> dict
 def _device_data(config, par: parallel.DataParallel, train_step, start_step: int):
   """The device data path: the train step on the split held by the devices, and the stream of
   (record indices, None) for the steps from `start_step` (None: no iterator state to record)."""
-  split = data.device.load_split(config.data, config.data.train_split)
+  split = data.device.load_split(config.data, 'train_split')
   dataset = par.replicate(split)
   stream = data.device.Stream(len(split['label']), global_batch_size=config.batch_size,
                               seed=config.seed)
