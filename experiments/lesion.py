@@ -504,7 +504,7 @@ def main(argv=None):
   cli.quiet_tpu_probe()  # JAX's harmless 'no TPU' line would read as a failure.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   study.add_flags(parser, depths=False)
-  parser.add_argument('--from_workdir', action='append', default=[],
+  parser.add_argument('--from_workdir', action='append', default=[], type=study.path,
                       help='a finished training run to lesion instead of training (repeat for '
                            'several, e.g. a residual and a plain run).')
   args = study.parse_args(parser, argv)

@@ -29,7 +29,7 @@ import shlex
 import shutil
 import sys
 
-from experiments import hypotheses, publish
+from experiments import hypotheses, publish, study
 from resnet_jax import cli
 from resnet_jax.errors import UserError
 from resnet_jax.train import workdir as workdir_lib
@@ -204,14 +204,14 @@ def check_replaceable(docs_dir: str, name: str, manifest: dict) -> None:
 @cli.one_line_errors
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--results_dir', nargs='*', default=[],
+  parser.add_argument('--results_dir', nargs='*', default=[], type=study.path,
                       help='results folders of studies to publish (default: none; the folders '
                            'under docs/results/ are rebuilt either way)')
-  parser.add_argument('--name', default=None,
+  parser.add_argument('--name', default=None, type=study.path,
                       help='the folder under docs/results/ to publish one --results_dir as '
                            '(default: <study>-<budget>), e.g. degradation-cpu-h200 for a study '
                            'and budget already published from other hardware')
-  parser.add_argument('--docs', default=os.path.join(ROOT, 'docs', 'results.md'),
+  parser.add_argument('--docs', default=os.path.join(ROOT, 'docs', 'results.md'), type=study.path,
                       help='the results page to update (default: docs/results.md)')
   args = parser.parse_args(argv)
   docs_dir = os.path.dirname(os.path.abspath(args.docs))

@@ -85,6 +85,16 @@ seed_list.__name__ = 'count (3) or list of seeds (3,4)'
 int_list.__name__ = 'comma-separated list of integers >= 1'
 
 
+def path(text: str) -> str:
+  """argparse type of a folder or file: not empty, which would name the current directory."""
+  if not text:
+    raise ValueError(text)
+  return text
+
+
+path.__name__ = 'path (not empty)'
+
+
 def resource_list(text: str) -> tuple[tuple[str, float], ...]:
   """argparse type: custom Ray resources, NAME=N comma-separated ('TPU=4')."""
   pairs = [part.partition('=') for part in text.split(',')]
@@ -109,7 +119,7 @@ def add_flags(parser: argparse.ArgumentParser, depths: bool = True,
   parser.add_argument('--budget', required=True, choices=BUDGETS,
                       help='smoke: minutes, checks the machinery; cpu: about 60 min on 2 CPU '
                            "cores; paper: the papers' recipe and number of runs.")
-  parser.add_argument('--results_dir', required=True,
+  parser.add_argument('--results_dir', required=True, type=path,
                       help='where the runs, tables, plots and results.json go; rerun with the '
                            'same directory to resume.')
   parser.add_argument('--seeds', type=seed_list, default=None,

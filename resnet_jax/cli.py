@@ -283,6 +283,13 @@ def parse_flags(argv: list[str], required: tuple[str, ...] = (),
     missing = [f'--{name}' for name in required if flags.FLAGS[name].value is None]
     if missing:
       raise UserError(f'{" and ".join(missing)} must be given; --helpshort lists the flags.')
+    # An empty value (`--workdir=`, an unset shell variable) would name the current directory:
+    # the run would train into it, a command read it as a run. Config keys may be empty.
+    for name in sorted(flags.FLAGS):
+      flag = flags.FLAGS[name]
+      if '.' not in name and flag.present and flag.value == '':
+        raise UserError(f'--{name}= is empty; give it a value'
+                        f'{"" if name in required else ", or leave the flag out"}.')
     if len(rest) > 1 and not positional:
       raise UserError(f'unexpected arguments {rest[1:]}: every argument is a flag, '
                       '--name=value; --helpshort lists them.')

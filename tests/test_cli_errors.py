@@ -191,6 +191,9 @@ GROUPS = {
     'flags': [
         row('--workdir={tmp}/run', workdir=False, words=['--config must be given']),
         row(QUICK, workdir=False, words=['--workdir must be given']),
+        # Empty, it would name the current directory: the run trained there.
+        row(QUICK, '--workdir=', workdir=False,
+            words=['error: --workdir= is empty; give it a value.']),
         row(QUICK, '--workdri={tmp}/run', workdir=False,
             words=["Unknown command line flag 'workdri'", 'workdir']),
         row(QUICK, 'train', words=["unexpected arguments ['train']"]),

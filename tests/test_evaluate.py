@@ -84,6 +84,12 @@ def test_bad_arguments_end_in_one_line_with_exit_code_2(run, tmp_path):
            words=["--split=test[:0]: Split 'test[:0]' of dataset 'digits' selects 0 examples "
                   "(the splits hold 'train': 1437, 'test': 360)."]),
       _bad('resnet_jax.evaluate', words=['give either --workdir', 'or --model']),
+      # Empty paths would name the current directory.
+      _bad('resnet_jax.evaluate', '--workdir=',
+           words=['--workdir= is empty; give it a value, or leave the flag out.']),
+      _bad('resnet_jax.export', f'--workdir={run}', '--out=',
+           words=['--out= is empty; give it a value.']),
+      _bad('resnet_jax.predict', '--model=', f'{tmp_path}/x.png', words=['--model= is empty']),
       _bad('resnet_jax.evaluate', f'--workdir={run}', f'--model={tmp_path}/m.safetensors',
            words=['not both']),
       _bad('resnet_jax.evaluate', f'--model={tmp_path}/not_weights.safetensors',

@@ -383,7 +383,11 @@ def test_a_bad_count_or_setting_is_one_line_before_anything_runs(module, tmp_pat
            (['--cluster=127.0.0.1:1'], '--cluster=127.0.0.1:1: no Ray cluster answers there '
                                        '(Connection refused); start one'),
            (['--cluster=auto', '--jobs=2'], '--jobs applies to the embedded local instance '
-                                            'only')]
+                                            'only'),
+           # An empty --results_dir would name the current directory: the study would write
+           # its runs there.
+           (['--results_dir=', '--print_commands'],
+            "argument --results_dir: invalid path (not empty) value: ''")]
   results = helpers.run_modules([
       (module, ['--budget=smoke', f'--results_dir={tmp_path / "r"}', *args], None)
       for args, _ in cases])
@@ -459,12 +463,17 @@ def test_a_report_that_cannot_publish_says_so_in_one_line_and_changes_nothing(tm
            (['--results_dir', str(tmp_path / 'nostudy')], "has no 'study'"),
            (['--results_dir', str(tmp_path / 'badstudy')], "has no 'study'"),
            (['--results_dir', str(tmp_path / 'badfiles')], "has no 'files' list"),
-           (['--docs', str(docs)], 'must name a file in an existing directory')]
+           (['--docs', str(docs)], 'must name a file in an existing directory'),
+           # An empty path would name the current directory.
+           (['--results_dir', ''], "argument --results_dir: invalid path (not empty) value: ''"),
+           (['--docs', ''], "argument --docs: invalid path (not empty) value: ''")]
   for argv, message in cases:
     with pytest.raises(SystemExit) as exit_:
       report.main([*argv, '--docs', str(page)] if argv[0] != '--docs' else argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and len(err) == 1 and message in err[0], (argv, err)
+    # One line, or argparse's usage and its one line.
+    assert exit_.value.code == 2 and message in err[-1], (argv, err)
+    assert len(err) == 1 or err[0].startswith('usage:'), (argv, err)
     assert digest() == before, argv
   # Nothing under docs/results/ holds a manifest: the old section stays, exit 1.
   assert report.main(['--docs', str(page)]) == 1
