@@ -486,8 +486,8 @@ def _from_workdirs(workdirs, budget_name: str, split: str) -> tuple[list[dict], 
     net = 'plain' if config.model.shortcut == 'none' else 'residual'
     label = f'{net}:{os.path.basename(workdir.rstrip("/"))}'
     summary = {}
-    if os.path.exists(os.path.join(workdir, 'summary.json')):
-      with open(os.path.join(workdir, 'summary.json')) as f:
+    if os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)):
+      with open(os.path.join(workdir, workdir_lib.SUMMARY_FILE)) as f:
         summary = json.load(f)
     rows.append({'net': label, 'depth': config.model.depth, 'seed': config.seed,
                  'test_error': (round(100 * (1 - summary['eval/accuracy']), 4)

@@ -283,7 +283,7 @@ def _finished(runs, results_dir, varying, progress) -> tuple[dict, list[Run]]:
   rows, todo = {}, []
   for run in runs:
     workdir = os.path.join(results_dir, 'runs', run.name)
-    summary = _read_json(os.path.join(workdir, 'summary.json'))
+    summary = _read_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
     if summary is None:
       todo.append(run)
       continue
@@ -673,7 +673,7 @@ def commands(runs: list[Run], results_dir: str) -> list[str]:
   lines = []
   for run in runs:
     workdir = os.path.join(results_dir, 'runs', run.name)
-    if os.path.exists(os.path.join(workdir, 'summary.json')):
+    if os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)):
       continue
     path = os.path.join(results_dir, 'configs', f'{run.name}.json')
     _write_json(path, workdir_lib.as_dict(run.config))

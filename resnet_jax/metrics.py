@@ -16,9 +16,6 @@ import numpy as np
 from resnet_jax.errors import RunError
 from resnet_jax.train import workdir as workdir_lib
 
-METRICS_FILE = 'metrics.jsonl'
-
-
 class MetricWriter:
   """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -33,7 +30,7 @@ class MetricWriter:
       return
     from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, workdir_lib.METRICS_FILE)
     _truncate(path, resume_step)
     self._jsonl = open(path, 'a')
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
@@ -92,7 +89,7 @@ def _parse(lines, path):
 
 def read_metrics(workdir: str) -> list[dict]:
   """The records of metrics.jsonl, in order."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:

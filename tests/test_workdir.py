@@ -77,3 +77,37 @@ def test_a_study_s_results_folder_is_no_workdir(tmp_path):
       f"error: --workdir={results} holds a study's results (results.json), not a run; the "
       "study's runs are in its runs/ folder. Choose another --workdir.")
   assert helpers.tree_digest(results) == before
+
+
+@pytest.mark.parametrize('files, message', [
+    ({'metrics.jsonl': '{"foreign": 1}\n'}, 'holds metrics.jsonl but no config.json, so no run '
+     'of this trainer wrote it; a run there would overwrite it.'),
+    ({'metrics.jsonl': '', 'summary.json': '{}'}, 'holds metrics.jsonl and summary.json but no '
+     'config.json, so no run of this trainer wrote them'),
+    ({'config.json': '[1]'}, 'holds a config.json that no run of this trainer wrote'),
+    ({'config.json': '{"name": "bert"}'}, 'holds a config.json that no run of this trainer '
+     'wrote (it is no JSON object with model and data keys)'),
+])
+def test_files_another_tool_left_in_a_new_run_s_folder_are_not_overwritten(tmp_path, files,
+                                                                            message):
+  """The trainer writes config.json before metrics.jsonl and summary.json: a folder that holds
+  those without a run's config.json is not a run of this trainer, and a new run there truncated
+  metrics.jsonl and replaced summary.json (a config.json that is no run's raised an
+  AssertionError, or listed every key as a change)."""
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    workdir_lib.check_same_run(str(tmp_path), _config())
+  assert str(error.value).startswith(f'--workdir={tmp_path} {message}'), str(error.value)
+
+
+def test_a_foreign_metrics_file_stays_as_it_was(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text('{"foreign": 1}\n')
+  before = helpers.tree_digest(tmp_path)
+  result = helpers.run_main(tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith(f'error: --workdir={tmp_path} holds metrics.jsonl but no '
+                              'config.json'), lines[-1]
+  assert 'Traceback' not in result.stderr
+  assert {k: v for k, v in helpers.tree_digest(tmp_path).items() if k != '.lock'} == before

@@ -271,7 +271,7 @@ def _loop(r: _Run, state) -> dict:
     state = par.to_backend(global_state)
     logging.info('Resumed from %s at step %d.', workdir, restored_step)
   start_step = int(restored_step or 0)
-  summary_path = os.path.join(workdir, 'summary.json')
+  summary_path = os.path.join(workdir, workdir_lib.SUMMARY_FILE)
   if start_step >= total_steps and os.path.exists(summary_path):
     logging.info('%s has finished all %d steps already; its summary is in %s.', workdir,
                  total_steps, summary_path)

@@ -29,8 +29,11 @@ import flax.traverse_util
 from configs import schema
 from resnet_jax.errors import UserError
 
+# A run's files in its workdir.
 CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
+METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'
 
 # Keys that may differ between the runs that share a workdir: they decide when things are logged,
 # evaluated or saved, how data is loaded and where things run, never which numbers training
@@ -209,7 +212,22 @@ def check_same_run(workdir: str, config) -> None:
   """Refuses a config whose result would differ from the run recorded in `workdir`."""
   recorded = read_recorded_config(workdir)
   if recorded is None:
+    # The trainer writes config.json before any of these: without it, and without checkpoints
+    # (each records its config, which the restore checks), they are another tool's, and a new
+    # run would truncate or replace them.
+    found = [name for name in (METRICS_FILE, SUMMARY_FILE)
+             if os.path.exists(os.path.join(workdir, name))]
+    if found and not os.path.exists(os.path.join(workdir, 'checkpoints')):
+      them = 'them' if len(found) > 1 else 'it'
+      raise WorkdirError(f'--workdir={workdir} holds {" and ".join(found)} but no {CONFIG_FILE}, '
+                         f'so no run of this trainer wrote {them}; a run there would overwrite '
+                         f'{them}. Move {them} aside, or choose another --workdir.')
     return
+  if not (isinstance(recorded, dict) and all(isinstance(recorded.get(k), dict)
+                                             for k in ('model', 'data'))):
+    raise WorkdirError(f'--workdir={workdir} holds a {CONFIG_FILE} that no run of this trainer '
+                       'wrote (it is no JSON object with model and data keys); a run there would '
+                       'overwrite it. Move it aside, or choose another --workdir.')
   changes = result_changes(recorded, as_dict(config))
   if not changes:
     return
