@@ -271,6 +271,9 @@ def apply_budget(config, *, steps: int, batch_size: int, eval_split: str, evals:
     config.optimizer = 'nesterov'
     config.decay_bn_and_bias = True
   else:
+    if steps < 3:  # Else the two boundaries fall on one step, or on step 0.
+      raise UserError(f'--steps={steps}: the shortened schedule divides the learning rate at '
+                      '50% and 75% of the steps, which needs at least 3 steps.')
     config.lr_boundaries = (steps // 2, steps * 3 // 4)
     if warmup_steps is not None:
       config.warmup_steps = warmup_steps

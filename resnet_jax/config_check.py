@@ -219,9 +219,11 @@ def check_splits(config) -> None:
 
 
 def check_boundaries(config) -> None:
-  """lr_boundaries increase, and lie after the warm-up once warmup_steps is known."""
+  """lr_boundaries strictly increase (optim keys the decays by step: a repeated step would decay
+  once), and lie after the warm-up once warmup_steps is known."""
   boundaries, warmup = list(config.lr_boundaries), config.warmup_steps
-  _check(boundaries == sorted(boundaries) and all(b > (warmup or 0) for b in boundaries),
+  _check(all(a < b for a, b in zip(boundaries, boundaries[1:]))
+         and all(b > (warmup or 0) for b in boundaries),
          'lr_boundaries', tuple(boundaries),
          f'must be increasing steps after the warm-up (warmup_steps={warmup})')
 

@@ -74,6 +74,8 @@ def test_generic_config_rejects_bad_arguments_clearly(arg, message):
     ('momentum', 1.5, 'config.momentum=1.5: must be in [0, 1)'),
     ('optimizer', 'adam', "config.optimizer='adam' is not allowed; choose one of ('momentum', 'nesterov')"),
     ('lr_boundaries', (48_000, 32_000), 'config.lr_boundaries=(48000, 32000): must be increasing'),
+    # optim keys the decays by step: the second 32000 would silently not decay again.
+    ('lr_boundaries', (32_000, 32_000), 'config.lr_boundaries=(32000, 32000): must be increasing'),
     ('eval_every_steps', 0, 'config.eval_every_steps=0: must be a positive integer'),
 ])
 def test_validation_names_the_key_the_value_and_what_is_allowed(key, value, message):

@@ -372,6 +372,10 @@ def test_a_bad_count_or_setting_is_one_line_before_anything_runs(module, tmp_pat
            (['--seeds=2,2'], "argument --seeds: invalid count (3) or list of seeds (3,4) value: "
                              "'2,2'"),
            (['--steps=0'], "argument --steps: invalid integer >= 1 value: '0'"),
+           # 2 steps put both boundaries on step 1 (one division by 10 fewer, silently); 1 step
+           # on step 0, which named config.lr_boundaries, a key the command line never set.
+           (['--steps=2'], '--steps=2: the shortened schedule divides the learning rate at 50% '
+                           'and 75% of the steps, which needs at least 3 steps.'),
            (['--config.nope=1'], "--config.nope=1: the config has no key 'nope'"),
            (['--config.batch_size=big'], "--config.batch_size=big: batch_size takes int values"),
            (['--stesp=3'], "unrecognized argument '--stesp=3'"),
