@@ -77,6 +77,8 @@ def measure(model):
 def models() -> list:
   """The net of the flags, once per --scan setting; a UserError names a flag that is wrong."""
   scans = {'true': True, 'false': False}
+  if not _SCAN.value:  # It would time nothing, exit 0.
+    raise UserError('--scan is empty; give true, false or both.')
   bad = [s for s in _SCAN.value if s.lower() not in scans]
   if bad:
     raise UserError(f'--scan: {bad[0]!r} is not true or false.')

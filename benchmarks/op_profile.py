@@ -264,6 +264,9 @@ flags.DEFINE_string('torch_spec', None, 'Internal: run the PyTorch side with thi
 
 
 def _workload():
+  for name, low in (('warmup', 0), ('steps', 1), ('top', 0)):
+    if FLAGS[name].value < low:  # --steps=0 profiled nothing, and failed on the empty profile.
+      raise UserError(f'--{name}={FLAGS[name].value} must be at least {low}.')
   from benchmarks import workloads
   if FLAGS.config is not None:
     if FLAGS.workload is not None:

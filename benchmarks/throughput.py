@@ -122,6 +122,12 @@ def workloads_from_flags() -> list[workloads.Workload]:
 
 
 def check_flags() -> None:
+  # An empty list would time nothing and end with '0 rows appended', exit 0.
+  if not FLAGS.peers:
+    raise UserError(f'--peers is empty; give one or more of {", ".join(PEERS)}.')
+  if 'torch' in FLAGS.peers and not FLAGS.torch_variants:
+    raise UserError('--torch_variants is empty; give eager, compile or both, or leave torch out '
+                    'of --peers.')
   unknown = [p for p in FLAGS.peers if p not in PEERS]
   if unknown:
     raise UserError(f'--peers: {unknown[0]!r} is not one of {", ".join(PEERS)}.')
@@ -301,6 +307,10 @@ def check_csv(path: pathlib.Path) -> bool:
   under = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
   if under is not None:
     raise UserError(f'--csv={path} lies under {under}, which is a file; give another path.')
+  run = cli.enclosing_run(str(path))
+  if run is not None:
+    raise UserError(f'--csv={path} lies inside the training run {run}, whose files only the '
+                    'trainer writes; give a path outside it.')
   existed = path.exists()
   try:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,9 @@ MISTAKES = [
     ([], 'give either --config=FILE'),
     (['--config=configs/quickstart.py', '--peers=project,mxnet'], "'mxnet' is not one of"),
     (['--config=configs/quickstart.py', '--steps=0'], '--steps=0 must be at least 1'),
+    # Empty lists timed nothing and ended with '0 rows appended', exit 0.
+    (['--config=configs/quickstart.py', '--peers='], '--peers is empty; give one or more of'),
+    (['--config=configs/quickstart.py', '--torch_variants='], '--torch_variants is empty'),
 ]
 
 
@@ -254,3 +257,9 @@ def test_a_csv_that_cannot_be_appended_to_is_refused_before_any_measuring(tmp_pa
   afile.write_text('other,columns\n')
   with pytest.raises(UserError, match='has other columns'):
     throughput.check_csv(afile)
+  run = tmp_path / 'run'  # A training run's folder: its files are the trainer's.
+  (run / 'checkpoints').mkdir(parents=True)
+  (run / 'config.json').write_text('{}')
+  with pytest.raises(UserError, match=f'lies inside the training run {run}, whose files only'):
+    throughput.check_csv(run / 'throughput.csv')
+  assert sorted(p.name for p in run.iterdir()) == ['checkpoints', 'config.json']

@@ -224,6 +224,16 @@ GROUPS = {
             words=["placement='foo'", "'full_preact'"]),
         row('--scan=maybe', module='benchmarks.compile_time', words=["--scan: 'maybe'"]),
         row('--batch=0', module='benchmarks.compile_time', words=['--batch=0', 'at least 1']),
+        # An empty list timed nothing, exit 0.
+        row('--scan=', module='benchmarks.compile_time',
+            words=['--scan is empty; give true, false or both.']),
+    ],
+    # python -m benchmarks.op_profile: --steps=0 failed on its empty profile ('a bug').
+    'op_profile': [
+        row('--steps=0', module='benchmarks.op_profile', words=['--steps=0 must be at least 1.']),
+        row('--top=-1', module='benchmarks.op_profile', words=['--top=-1 must be at least 0.']),
+        row('--warmup=-2', module='benchmarks.op_profile',
+            words=['--warmup=-2 must be at least 0.']),
     ],
 }
 
