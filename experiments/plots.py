@@ -1,5 +1,6 @@
 """The studies' figures (matplotlib, Agg backend): curves from metrics.jsonl and per-stage ratios."""
 
+import contextlib
 import os
 import textwrap
 
@@ -17,13 +18,22 @@ MAX_PNG_BYTES = 300_000
 
 
 def save(fig, path: str, dpi: int = 110) -> str:
-  """Saves `fig` as a PNG under MAX_PNG_BYTES, lowering the resolution if it must; closes it."""
-  while True:
-    fig.savefig(path, dpi=dpi)
-    if os.path.getsize(path) <= MAX_PNG_BYTES or dpi <= 40:
-      break
-    dpi = int(dpi * 0.85)
-  plt.close(fig)
+  """Saves `fig` as a PNG under MAX_PNG_BYTES, lowering the resolution if it must; closes it.
+  Atomically, as every file of a results folder: a full disk leaves the old figure whole."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    while True:
+      fig.savefig(tmp, dpi=dpi, format='png')
+      if os.path.getsize(tmp) <= MAX_PNG_BYTES or dpi <= 40:
+        break
+      dpi = int(dpi * 0.85)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise OSError(e.errno, e.strerror, path) from None
+  finally:
+    plt.close(fig)
   return os.path.basename(path)
 
 

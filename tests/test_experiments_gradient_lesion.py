@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -396,3 +397,13 @@ def test_plots_are_saved_small_enough_to_commit(tmp_path):
   path = tmp_path / 'small.png'
   assert plots.save(figure(), str(path)) == 'small.png'
   assert 0 < path.stat().st_size <= plots.MAX_PNG_BYTES
+  # On a full disk the figure already there stays whole (savefig wrote over it in place), no
+  # temporary is left, and the error names the figure.
+  with helpers.tmpfs(tmp_path / 'disk', '1m') as disk:
+    old = disk / 'small.png'
+    old.write_bytes(path.read_bytes())
+    (disk / 'filler').write_bytes(b'\0' * (shutil.disk_usage(disk).free - 8192))  # < a figure.
+    with pytest.raises(OSError, match=f'No space left on device: .{old}.'):
+      plots.save(figure(), str(old))
+    assert old.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in disk.iterdir()) == ['filler', 'small.png']

@@ -58,7 +58,7 @@ def test_an_atomic_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(t
   with helpers.tmpfs(tmp_path / 'disk', '64k') as disk:
     path = disk / 'summary.json'
     workdir_lib.write_atomic(str(path), 'old')
-    with pytest.raises(OSError, match='No space left on device'):
+    with pytest.raises(OSError, match=f'No space left on device: .{path}.'):  # Names the file.
       workdir_lib.write_atomic(str(path), 'x' * 200_000)
     assert sorted(p.name for p in disk.iterdir()) == ['summary.json']
     assert path.read_text() == 'old'

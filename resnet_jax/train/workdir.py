@@ -252,10 +252,11 @@ def write_atomic(path: str, text: str) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except OSError:  # A full disk: no half-written temporary left beside the file.
+  except OSError as e:  # A full disk: no half-written temporary left beside the file.
     with contextlib.suppress(OSError):
       os.remove(tmp)
-    raise
+    # A failed write names no file (and a failed open the temporary's): name the file.
+    raise OSError(e.errno, e.strerror, path) from None
 
 
 def record_config(workdir: str, config, restored_step: int | None) -> None:
