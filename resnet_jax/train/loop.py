@@ -241,7 +241,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, train_iterator=Non
         train_iterator = data.create_train_iterator(
             built.config.data, global_batch_size=built.config.batch_size, seed=built.config.seed)
       train_iterator = ConsumedIterator(train_iterator)
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=built.config.keep_checkpoints,
+    ckpt = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR), keep=built.config.keep_checkpoints,
                         keep_best=built.config.keep_best_checkpoint)
     try:
       return _loop(_Run(built, workdir, par, ckpt, train_iterator, stop, is_main), state)

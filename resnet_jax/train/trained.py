@@ -58,7 +58,7 @@ class Trained:
 def saved_steps(workdir: str) -> list[int]:
   """The steps with a finished checkpoint in `workdir`, ascending (orbax's own reading: a save
   in flight, or a step directory on gs:// without its commit marker, is no step)."""
-  return sorted(ocp.utils.checkpoint_steps(epath.Path(workdir) / 'checkpoints'))
+  return sorted(ocp.utils.checkpoint_steps(epath.Path(workdir) / workdir_lib.CHECKPOINTS_DIR))
 
 
 def choose_step(workdir: str, checkpoint: str = 'best') -> tuple[int, str]:
@@ -105,7 +105,7 @@ def _with_defaults(recorded: dict, defaults: dict) -> dict:
 def read_config(workdir: str, step: int) -> ml_collections.ConfigDict:
   """The config that wrote checkpoint `step` (saved beside it), else the run's config.json."""
   recorded = None
-  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'config'
+  path = epath.Path(workdir) / workdir_lib.CHECKPOINTS_DIR / str(step) / 'config'
   if path.exists():
     try:
       with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
@@ -144,7 +144,7 @@ def read_variables(workdir: str, step: int) -> dict:
   Restored as NumPy arrays, so that any device count reads what any topology saved, and only
   these two items: the optimiser state is not read.
   """
-  path = epath.Path(workdir) / 'checkpoints' / str(step) / 'state'
+  path = epath.Path(workdir) / workdir_lib.CHECKPOINTS_DIR / str(step) / 'state'
   quiet = _QuietMetadataWarning()
   logging.getLogger('absl').addFilter(quiet)
   try:

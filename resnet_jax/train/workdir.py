@@ -29,7 +29,9 @@ import flax.traverse_util
 from configs import schema
 from resnet_jax.errors import UserError
 
-# A run's files in its workdir.
+# A run's files in its workdir (cli.enclosing_run spells three of them out: it runs before JAX,
+# which this module's imports load).
+CHECKPOINTS_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
 METRICS_FILE = 'metrics.jsonl'
@@ -217,7 +219,7 @@ def check_same_run(workdir: str, config) -> None:
     # run would truncate or replace them.
     found = [name for name in (METRICS_FILE, SUMMARY_FILE)
              if os.path.exists(os.path.join(workdir, name))]
-    if found and not os.path.exists(os.path.join(workdir, 'checkpoints')):
+    if found and not os.path.exists(os.path.join(workdir, CHECKPOINTS_DIR)):
       them = 'them' if len(found) > 1 else 'it'
       raise WorkdirError(f'--workdir={workdir} holds {" and ".join(found)} but no {CONFIG_FILE}, '
                          f'so no run of this trainer wrote {them}; a run there would overwrite '
